@@ -1,0 +1,1 @@
+"""Calibration of exported models: INT8 quantization, temperature scaling, operating thresholds."""

@@ -1,0 +1,1 @@
+"""Training and ONNX export of ichrt models (needs the ``export`` extra: torch, torchvision, onnx)."""

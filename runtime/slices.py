@@ -1,0 +1,78 @@
+"""Plain data types that flow from ingest to the worklist.
+
+files -> :class:`Slice` (HU pixels + identity) -> :class:`Series` (ordered slices of one series)
+and :class:`Rejected` for every input that could not become a slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SliceIdentity:
+    """Who a slice is: DICOM identifiers and position, no pixels.
+
+    UIDs come from the file and are untrusted: never build paths from them without
+    :func:`ichrt.runtime.paths.safe_name` (or an equivalent sanitizer).
+    """
+
+    path: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    instance_number: int | None = None
+    #: ImagePositionPatient (x, y, z) in mm, when present.
+    position: tuple[float, float, float] | None = None
+    #: ImageOrientationPatient (6 direction cosines), when present.
+    orientation: tuple[float, ...] | None = None
+    accession_number: str = ""
+    #: PatientID: carried only so that ``--show-phi`` can print it; never logged otherwise.
+    patient_id: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    acquisition_date: str = ""
+    acquisition_time: str = ""
+    modality: str = ""
+    #: File modification time (seconds since epoch): the arrival fallback.
+    file_mtime: float = 0.0
+    rows: int = 0
+    columns: int = 0
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: float | None = None
+
+
+@dataclass
+class Slice:
+    """One CT slice in Hounsfield units (float32, rows x columns) with its identity."""
+
+    identity: SliceIdentity
+    hu: np.ndarray
+    #: Human-readable notes about corrections applied (e.g. "RSNA bad-rescale fixed").
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class Series:
+    """Slices of one series ordered along the scan axis (inferior to superior)."""
+
+    study_uid: str
+    series_uid: str
+    slices: list[Slice] = field(default_factory=list)
+    #: How the order was decided: "position", "instance_number" or "file_order".
+    ordered_by: str = "position"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input that was not scored, with the reason a person can act on."""
+
+    path: str
+    reason: str
+
+    @classmethod
+    def of(cls, path: str | Path, reason: str) -> "Rejected":
+        return cls(str(path), reason)
