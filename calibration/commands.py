@@ -1,0 +1,338 @@
+"""``ichrt calibrate quantize|threshold`` and ``ichrt evaluate``: thin wrappers over the library.
+
+Each command parses options, shows progress on stderr, calls one library function
+(:func:`~ichrt.calibration.quantize.run_quantization`,
+:func:`~ichrt.calibration.fit.calibrate_model`, :func:`~ichrt.calibration.evaluate.evaluate_model`)
+and writes its JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  runtime error (a model that cannot be loaded; for quantize: INT8 rejected by the gate)
+  2  usage error (bad option; data not in the RSNA layout, unreadable, or lacking
+     positive and negative labels)
+  3  some input files were rejected (listed in the report); results for the rest were written
+"""
+DATA_HELP = ("Labelled data in the RSNA 2019 layout: stage_2_train.csv + stage_2_train/*.dcm "
+             "(what 'ichrt synth' writes).")
+MODEL_ARG = click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+DATA_OPT = click.option("--data", "data_dir", required=True, help=DATA_HELP,
+                        type=click.Path(exists=True, file_okay=False, path_type=Path))
+BATCH_OPT = click.option("--batch-size", type=click.IntRange(1, 1024), default=16,
+                         show_default=True, help="Slices per inference call.")
+THREADS_OPT = click.option("--threads", type=click.IntRange(1, 1024),
+                           help="ONNX Runtime intra-op threads [default: physical cores].")
+JSON_OPT = click.option("--json", "as_json", is_flag=True,
+                        help="Print the report as JSON on stdout instead of a summary.")
+
+
+@contextmanager
+def progress_bar(desc: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    with tqdm(unit="file", desc=desc, file=sys.stderr, disable=None, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress
+
+
+def note(message: str) -> None:
+    """A progress line on stderr."""
+    click.echo(message, err=True)
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Turn data-layout and option errors from the library into click usage errors (exit 2)."""
+    from ichrt.calibration.dataset import DatasetError
+
+    try:
+        yield
+    except DatasetError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+@contextmanager
+def model_errors(ctx: click.Context, command: str) -> Iterator[None]:
+    """Report a model that cannot be loaded and exit 1."""
+    from ichrt.runtime.contract import ContractError
+    from ichrt.runtime.session import ModelError
+
+    try:
+        yield
+    except (ModelError, ContractError) as exc:
+        click.echo(f"ichrt {command}: {exc}", err=True)
+        ctx.exit(EXIT_ERROR)
+
+
+def beside(out: Path, suffix: str) -> Path:
+    """``out`` with its extension replaced by ``suffix`` (e.g. ``model.calibration.json``)."""
+    return out.with_name(out.stem + suffix)
+
+
+@click.group("calibrate", epilog=EXIT_CODES)
+def calibrate() -> None:
+    """INT8 quantization and probability/threshold calibration of an ichrt model.
+
+    Each subcommand writes a NEW model file; the parent is never modified, and the new
+    model's contract records the parent's SHA-256 in its provenance.
+    """
+
+
+@calibrate.command("quantize", epilog=EXIT_CODES)
+@MODEL_ARG
+@DATA_OPT
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the INT8 model (only if it passes the accuracy gate).")
+@click.option("--holdout", "holdout_dir", type=click.Path(exists=True, file_okay=False,
+                                                          path_type=Path),
+              help="Labelled held-out data for the accuracy gate [default: half of the studies "
+                   "of --data, the other half calibrates].")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True, help="Activation-range calibration method.")
+@click.option("--format", "fmt", type=click.Choice(["u8s8", "u8s8-rr", "s8s8", "u8u8"]),
+              default="u8s8-rr", show_default=True,
+              help="Activation x weight types; -rr = reduce_range (7-bit weights), which cannot "
+                   "saturate on AVX2 CPUs without VNNI.")
+@click.option("--compare", is_flag=True,
+              help="Build every method x format, measure all, and keep the best accepted one "
+                   "(saturation-safe first, then fastest).")
+@click.option("--calibration-slices", type=click.IntRange(1), default=256, show_default=True,
+              help="Slices (sampled at random) used to calibrate activation ranges.")
+@click.option("--max-auc-drop", type=click.FloatRange(0.0, 1.0), default=0.005,
+              show_default=True, help="Largest accepted drop of AUC(any) on held-out data.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the calibration sample and the study split.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON report path [default: OUT with .quantize.json].")
+@BATCH_OPT
+@THREADS_OPT
+@JSON_OPT
+@click.pass_context
+def quantize(
+    ctx: click.Context, model: Path, data_dir: Path, out: Path, holdout_dir: Path | None,
+    method: str, fmt: str, compare: bool, calibration_slices: int, max_auc_drop: float,
+    seed: int, report: Path | None, batch_size: int, threads: int | None, as_json: bool,
+) -> None:
+    """Quantize MODEL to INT8 (static, QDQ, per-channel weights) and gate it on accuracy.
+
+    Activation ranges come from windowed slices of --data read through the runtime's own
+    ingest and windowing. The INT8 model is written only if AUC(any) on held-out data drops
+    by at most --max-auc-drop; the report (always written) gives AUC, the maximum probability
+    difference, CAM agreement and FP32/INT8 ms per slice for every candidate.
+    """
+    from ichrt.calibration.dataset import open_labelled, split_by_study
+    from ichrt.calibration.quantize import (
+        QuantizationRejected,
+        QuantSpec,
+        all_specs,
+        run_quantization,
+    )
+    from ichrt.calibration.reader import SliceCalibrationReader
+    from ichrt.calibration.report import write_json
+    from ichrt.runtime.dicom import iter_files
+    from ichrt.runtime.session import load_model
+
+    report = report or beside(out, ".quantize.json")
+    with usage_errors():
+        if holdout_dir is not None:
+            heldout = open_labelled(holdout_dir)
+            calib_files, held_files = iter_files([data_dir]), heldout.files
+        else:
+            heldout = open_labelled(data_dir)
+            calib_files, held_files = split_by_study(heldout.files, 0.5, seed)
+    if not calib_files:
+        raise click.UsageError(f"{data_dir}: no files to calibrate with")
+    specs = all_specs() if compare else [QuantSpec(method, fmt)]
+    with model_errors(ctx, "calibrate quantize"):
+        contract = load_model(model, provider="cpu").contract
+        rejected: list = []
+        with progress_bar("calibration slices") as progress:
+            reader = SliceCalibrationReader.from_files(
+                calib_files, contract, batch_size=min(batch_size, 8), limit=calibration_slices,
+                seed=seed, rejected=rejected, progress=progress)
+            reader.rewind()  # read the calibration set once, with its progress bar
+        note(f"calibration set: {reader.slices} slices ({len(rejected)} files rejected)")
+        if not reader.slices:
+            raise click.UsageError(f"{data_dir}: no calibration slice could be read")
+        try:
+            with progress_bar("held-out slices") as progress:
+                result = run_quantization(model, reader, heldout, held_files, out, specs,
+                                          max_auc_drop, batch_size, threads, note, progress)
+        except QuantizationRejected as exc:
+            write_json(report, exc.report.to_dict())
+            click.echo(f"ichrt calibrate quantize: {exc} (report: {report})", err=True)
+            ctx.exit(EXIT_ERROR)
+    document = {**result.to_dict(), "calibration": {"slices": reader.slices,
+                "rejected": [{"path": r.path, "reason": r.reason} for r in rejected]}}
+    write_json(report, document)
+    if as_json:
+        click.echo(json.dumps(json.loads(report.read_text()), indent=2))
+    else:
+        click.echo(quantize_table(result))
+        click.echo(f"INT8 model ({result.chosen}) written to {out}; report: {report}")
+    ctx.exit(EXIT_REJECTED if rejected or result.heldout.get("rejected") else EXIT_OK)
+
+
+def quantize_table(result) -> str:
+    """One row per candidate, FP32 first."""
+    ref = result.reference
+    rows = [f"{'candidate':<22}{'AUC(any)':>9}{'drop':>8}{'max|dp|':>9}{'ms/slice':>10}"
+            f"{'speedup':>9}{'CAM r':>7}{'sat.pairs':>10}  verdict",
+            f"{'fp32':<22}{ref['auc_any']:>9.4f}{'':>8}{'':>9}{ref['ms_per_slice']:>10.2f}"]
+    for c in result.candidates:
+        mark = "chosen" if c.spec.name == result.chosen else ("ok" if c.accepted else "REJECTED")
+        rows.append(f"{c.spec.name:<22}{c.auc_any:>9.4f}{c.auc_drop:>+8.4f}"
+                    f"{c.max_prob_diff:>9.4f}{c.ms_per_slice:>10.2f}{c.speedup:>8.2f}x"
+                    f"{c.cam_correlation:>7.3f}{c.saturation_pairs:>10.4f}  {mark}")
+    return "\n".join(rows)
+
+
+@calibrate.command("threshold", epilog=EXIT_CODES)
+@MODEL_ARG
+@DATA_OPT
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the calibrated model.")
+@click.option("--target-sensitivity", type=click.FloatRange(0.0, 1.0, min_open=True),
+              default=0.95, show_default=True,
+              help="Sensitivity the 'any' threshold must reach on the validation data.")
+@click.option("--subtype-sensitivity", type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Target for the five subtype thresholds [default: --target-sensitivity].")
+@click.option("--level", type=click.Choice(["slice", "study"]), default="slice",
+              show_default=True, help="Level at which the target sensitivity is reached "
+                                      "(both levels are reported).")
+@click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% intervals (slice level resamples studies).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON report path [default: OUT with .calibration.json].")
+@click.option("--picture", type=click.Path(dir_okay=False, path_type=Path),
+              help="Reliability diagram PNG [default: OUT with .reliability.png].")
+@BATCH_OPT
+@THREADS_OPT
+@JSON_OPT
+@click.pass_context
+def threshold(
+    ctx: click.Context, model: Path, data_dir: Path, out: Path, target_sensitivity: float,
+    subtype_sensitivity: float | None, level: str, bootstrap: int, seed: int,
+    report: Path | None, picture: Path | None, batch_size: int, threads: int | None,
+    as_json: bool,
+) -> None:
+    """Fit per-label temperatures and choose thresholds for a target sensitivity.
+
+    Runs MODEL over validation data (never the training data), fits temperature scaling per
+    label (NLL), picks the highest threshold reaching the target sensitivity on the calibrated
+    probabilities, and writes a new model whose contract carries temperatures, thresholds,
+    ECE/Brier before and after and the bootstrap intervals. 'ichrt score' uses them by default.
+    """
+    from ichrt.calibration.fit import calibrate_model
+    from ichrt.calibration.reliability import write_reliability_png
+    from ichrt.calibration.report import write_json
+
+    report = report or beside(out, ".calibration.json")
+    picture = picture or beside(out, ".reliability.png")
+    with usage_errors(), model_errors(ctx, "calibrate threshold"):
+        with progress_bar("validation slices") as progress:
+            result = calibrate_model(model, data_dir, out, target_sensitivity,
+                                     subtype_sensitivity, level, bootstrap, seed,
+                                     batch_size, threads, progress)
+    write_json(report, {**result.report, "picture": str(picture)})
+    write_reliability_png(picture, result.label_names, result.labels, result.before,
+                          result.after)
+    if as_json:
+        click.echo(json.dumps(json.loads(report.read_text()), indent=2))
+    else:
+        click.echo(threshold_table(result.report))
+        click.echo(f"calibrated model written to {out}; report: {report}; picture: {picture}")
+    ctx.exit(EXIT_REJECTED if result.rejected else EXIT_OK)
+
+
+def threshold_table(report: dict) -> str:
+    """Temperature, ECE/Brier before -> after, threshold and its slice/study sensitivity."""
+    rows = [f"{'label':<17}{'T':>6}{'ECE':>15}{'Brier':>15}{'thr':>7}"
+            f"{'sens slice [95% CI]':>24}{'spec study [95% CI]':>24}"]
+    for name, f in report["labels"].items():
+        row = (f"{name:<17}{f['temperature']:>6.2f}{_pair(f['ece_before'], f['ece_after'])}"
+               f"{_pair(f['brier_before'], f['brier_after'])}")
+        point = f.get("operating_point")
+        if point:
+            row += (f"{point['threshold']:>7.3f}{_ci(point['slice']['sensitivity'])}"
+                    f"{_ci(point['study']['specificity'])}")
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def _pair(before: float | None, after: float | None) -> str:
+    if before is None or after is None or before != before or after != after:
+        return f"{'-':>15}"
+    return f"{before:>7.3f}>{after:<7.3f}"
+
+
+def _ci(interval) -> str:
+    est, low, high = interval
+    if est is None or est != est:
+        return f"{'-':>24}"
+    return f"{est:>8.3f} [{low:.3f}, {high:.3f}]".rjust(24)
+
+
+@click.command("evaluate", epilog=EXIT_CODES)
+@MODEL_ARG
+@DATA_OPT
+@click.option("--bootstrap", type=click.IntRange(0), default=0, show_default=True,
+              help="Bootstrap resamples for 95% AUC intervals (0 = none).")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the JSON report to this file.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]),
+              default="auto", show_default=True, help="ONNX Runtime execution provider.")
+@BATCH_OPT
+@THREADS_OPT
+@JSON_OPT
+@click.pass_context
+def evaluate(
+    ctx: click.Context, model: Path, data_dir: Path, bootstrap: int, report: Path | None,
+    provider: str, batch_size: int, threads: int | None, as_json: bool,
+) -> None:
+    """Evaluate MODEL on labelled data: AUC, sensitivity, specificity, ECE, Brier per label.
+
+    Figures are given at slice level and at study level (max over a study's slices), with the
+    model's own temperatures and per-label thresholds, as 'ichrt score' would use them.
+    """
+    from ichrt.calibration.evaluate import evaluate_model, format_table
+    from ichrt.calibration.report import jsonable, write_json
+    from ichrt.runtime.session import ProviderUnavailable
+
+    with usage_errors(), model_errors(ctx, "evaluate"):
+        try:
+            with progress_bar("evaluating") as progress:
+                result = evaluate_model(model, data_dir, batch_size, provider, threads,
+                                        bootstrap, progress)
+        except ProviderUnavailable as exc:
+            raise click.UsageError(str(exc)) from exc
+    document = result.to_dict()
+    if report is not None:
+        write_json(report, document)
+    if as_json:
+        click.echo(json.dumps(jsonable(document), indent=2, allow_nan=False))
+    else:
+        click.echo(f"model: {result.model['name']} (sha256:{result.model['sha256'][:12]})")
+        d = result.data
+        click.echo(f"data: {d['slices']} slices, {d['studies']} studies, "
+                   f"{d['rejected']} files rejected, {d['unlabelled']} unlabelled")
+        click.echo(format_table(result.labels))
+    ctx.exit(EXIT_REJECTED if result.rejected else EXIT_OK)

@@ -1,0 +1,136 @@
+"""Fit temperatures and operating thresholds on a validation set and write the calibrated model.
+
+The steps of ``ichrt calibrate threshold``: run the model over labelled validation slices (raw
+logits), fit one temperature per label, choose each label's threshold for its target sensitivity
+on the calibrated probabilities (with bootstrap intervals at slice and study level), and write a
+new model whose contract carries the temperatures, thresholds and figures, with provenance naming
+the parent's SHA-256. The runtime then applies both by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichrt.calibration.batches import Progress
+from ichrt.calibration.metrics import brier, ece
+from ichrt.calibration.report import jsonable
+from ichrt.calibration.temperature import calibrated_probs, fit_temperatures, nll
+from ichrt.calibration.thresholds import choose_thresholds
+from ichrt.runtime.slices import Rejected
+
+ECE_BINS = 15
+
+
+@dataclass
+class CalibrationResult:
+    """What was fitted and measured; arrays are kept for the reliability picture."""
+
+    report: dict[str, Any]
+    labels: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+    label_names: tuple[str, ...]
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def label_figures(y: np.ndarray, before: np.ndarray, after: np.ndarray, logits: np.ndarray,
+                  temperature: float, parent_temperature: float) -> dict[str, float]:
+    """ECE, Brier and NLL of one label before (the parent's probabilities) and after."""
+    return {
+        "temperature": temperature,
+        "ece_before": ece(y, before, ECE_BINS),
+        "ece_after": ece(y, after, ECE_BINS),
+        "brier_before": brier(y, before),
+        "brier_after": brier(y, after),
+        "nll_before": nll(logits, y, parent_temperature),
+        "nll_after": nll(logits, y, temperature),
+    }
+
+
+def calibrate_model(
+    model_path: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    target_sensitivity: float = 0.95,
+    subtype_sensitivity: float | None = None,
+    level: str = "slice",
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 16,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> CalibrationResult:
+    """Fit, choose and write (see the module docstring); returns the report and arrays.
+
+    ``subtype_sensitivity`` is the target for the five subtypes (default: ``target_sensitivity``).
+    """
+    from ichrt.calibration.dataset import DatasetError, open_labelled
+    from ichrt.calibration.model_io import derive_contract, file_sha256, load_onnx, write_model
+    from ichrt.calibration.predictions import predict
+    from ichrt.runtime.session import load_model
+
+    model = load_model(model_path, provider="cpu", threads=threads)
+    parent = model.contract
+    names = parent.labels
+    data = open_labelled(data_dir)
+    preds = predict({"m": model}, data.files, parent, batch_size, progress=progress)
+    if not preds.identities:
+        raise DatasetError(f"{data_dir}: no validation slice could be read")
+    logits = preds.logits["m"].astype(np.float64)
+    labels = data.labels_of(preds.identities).astype(np.float64)
+    studies = preds.studies
+
+    fitted = fit_temperatures(logits, labels, names)
+    temperatures = {name: fitted.get(name, parent.temperature(name)) for name in names}
+    before = preds.probs("m", parent).astype(np.float64)
+    after = calibrated_probs(logits, temperatures, names)
+    sub = target_sensitivity if subtype_sensitivity is None else subtype_sensitivity
+    targets = {name: (target_sensitivity if name == "any" else sub) for name in names}
+    points = choose_thresholds(labels, after, studies, names, targets, level=level,
+                               n_boot=n_boot, seed=seed)
+    if "any" not in points:
+        raise DatasetError(f"{data_dir}: the validation set needs positive and negative 'any' "
+                         "labels to choose the operating threshold")
+
+    per_label = {}
+    for j, name in enumerate(names):
+        figures = label_figures(labels[:, j], before[:, j], after[:, j], logits[:, j],
+                                temperatures[name], parent.temperature(name))
+        figures["fitted"] = name in fitted
+        if name in points:
+            figures["operating_point"] = points[name].to_dict()
+        per_label[name] = figures
+    data_summary = {
+        "root": str(data.root),
+        "slices": len(preds.identities),
+        "studies": len(set(studies)),
+        "rejected": len(preds.rejected),
+        "unlabelled": data.unlabelled,
+    }
+    settings = {"target_sensitivity": target_sensitivity, "subtype_sensitivity": sub,
+                "level": level, "bootstrap": n_boot, "seed": seed, "ece_bins": ECE_BINS}
+    parent_sha = file_sha256(model_path)
+    contract = derive_contract(
+        parent, parent_sha, "ichrt calibrate threshold",
+        details={**settings, "validation": data_summary},
+        temperatures=temperatures,
+        thresholds={**parent.thresholds, **{n: p.threshold for n, p in points.items()}},
+        metrics={**parent.metrics, "calibration": jsonable(
+            {"validation": data_summary, "labels": per_label, **settings})},
+    )
+    out_sha = write_model(load_onnx(model_path), contract, out, parent_path=model_path)
+    report = {
+        "parent": {"path": str(model_path), "sha256": parent_sha, "name": parent.name},
+        "out": {"path": str(out), "sha256": out_sha, "name": contract.name},
+        "settings": settings,
+        "data": data_summary,
+        "temperatures": temperatures,
+        "thresholds": dict(contract.thresholds),
+        "labels": per_label,
+        "rejected": [{"path": r.path, "reason": r.reason} for r in preds.rejected],
+    }
+    return CalibrationResult(report, labels, before, after, names, preds.rejected)

@@ -1,0 +1,221 @@
+"""Model architectures: a convolutional body and a small head, split so export can emit both.
+
+Every :class:`IchNet` has ``body`` (input -> last convolutional feature map) and ``head``
+(feature map -> logits). ``forward`` returns logits; :meth:`IchNet.features` the feature map.
+Export writes ``probs``, ``logits`` and ``features``; :func:`cam_parameters` gives the head as one
+linear map of the globally average-pooled features (CAM weights), or None where it is not one.
+
+Architectures (torchvision, always built with ``weights=None``: nothing is downloaded):
+``resnet18``, ``resnet50``, ``densenet121``, ``efficientnet_b0`` with a GAP + Linear head, and
+``rsnahemorrhagenet``, the seed tutorial's shape (Sulam-Group/h-shap,
+``demo/RSNA_ICH_detection/model.py``): a ResNet-18 encoder whose ``fc`` is Linear(512, 128)
+followed by ``classifier`` = Linear(128, 1) and a sigmoid. The published code has no
+non-linearity between the two linear layers, so its head is still one linear map of the pooled
+features and CAM applies (the product of the two weight matrices).
+
+Weight files (:func:`load_weights`, local files only) may hold:
+- an ichrt checkpoint (``{"model": state_dict, ...}``) or its bare state_dict (``body.*``,
+  ``head.*``);
+- the published RSNAHemorrhageNet state_dict: ``encoder.<resnet18 keys>``, ``encoder.fc.weight``
+  (128, 512), ``encoder.fc.bias``, ``classifier.0.weight`` (1, 128), ``classifier.0.bias``;
+- a torchvision state_dict of the same architecture (e.g. ImageNet weights saved with
+  ``torch.save(model.state_dict())``): ``conv1.*``/``layer*.*`` or ``features.*``; its
+  classifier (``fc``/``classifier``) is loaded only when its shape fits the head.
+A ``module.`` prefix (DataParallel) and ``{"state_dict": ...}`` wrappers are accepted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ARCHS: tuple[str, ...] = ("resnet18", "resnet50", "densenet121", "efficientnet_b0",
+                          "rsnahemorrhagenet")
+
+
+class GapLinear(nn.Module):
+    """Global average pooling then one linear layer (optional dropout in training only)."""
+
+    def __init__(self, channels: int, outputs: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(channels, outputs)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features.mean(dim=(2, 3))))
+
+
+class RsnaHead(nn.Module):
+    """The seed tutorial's head: GAP -> Linear(512, 128) -> Linear(128, outputs)."""
+
+    def __init__(self, channels: int = 512, outputs: int = 1, hidden: int = 128) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, outputs)
+        nn.init.kaiming_normal_(self.fc1.weight)
+        nn.init.constant_(self.fc1.bias, 0)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.fc1(features.mean(dim=(2, 3))))
+
+
+class IchNet(nn.Module):
+    """``body`` -> feature map -> ``head`` -> logits."""
+
+    def __init__(self, arch: str, body: nn.Module, head: nn.Module, channels: int) -> None:
+        super().__init__()
+        self.arch = arch
+        self.channels = channels
+        self.body = body
+        self.head = head
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional feature map (N, K, h, w)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) in one pass."""
+        f = self.body(x)
+        return self.head(f), f
+
+
+def _resnet_body(net: nn.Module) -> nn.Module:
+    names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    return nn.Sequential(OrderedDict((n, getattr(net, n)) for n in names))
+
+
+def build_model(arch: str, outputs: int) -> IchNet:
+    """A freshly initialized model with ``outputs`` logits (6 = multi-label, 1 = any only)."""
+    from torchvision import models
+
+    if arch in ("resnet18", "resnet50", "rsnahemorrhagenet"):
+        net = getattr(models, "resnet50" if arch == "resnet50" else "resnet18")(weights=None)
+        channels = net.fc.in_features
+        head = (RsnaHead(channels, outputs) if arch == "rsnahemorrhagenet"
+                else GapLinear(channels, outputs))
+        return IchNet(arch, _resnet_body(net), head, channels)
+    if arch == "densenet121":
+        net = models.densenet121(weights=None)
+        body = nn.Sequential(OrderedDict(features=net.features, relu=nn.ReLU(inplace=False)))
+        return IchNet(arch, body, GapLinear(net.classifier.in_features, outputs), 1024)
+    if arch == "efficientnet_b0":
+        net = models.efficientnet_b0(weights=None)
+        channels = net.classifier[1].in_features
+        body = nn.Sequential(OrderedDict(features=net.features))
+        return IchNet(arch, body, GapLinear(channels, outputs, dropout=0.2), channels)
+    raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def head_linear(model: IchNet) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(W labels x K, b) with logits = W @ mean_hw(features) + b (differentiable), or None.
+
+    Exact for GAP + Linear heads and for the seed's GAP + Linear + Linear head (folded into one
+    map); any other head gives None.
+    """
+    head = model.head
+    if isinstance(head, GapLinear):
+        return head.fc.weight, head.fc.bias
+    if isinstance(head, RsnaHead):
+        w = head.fc2.weight @ head.fc1.weight
+        return w, head.fc2.weight @ head.fc1.bias + head.fc2.bias
+    return None
+
+
+def cam_parameters(model: IchNet) -> tuple[np.ndarray, np.ndarray] | None:
+    """The CAM weights and bias of :func:`head_linear` as float32 arrays, or None.
+
+    None means the runtime cannot compute CAM without torch for this head and must fall back.
+    """
+    lin = head_linear(model)
+    if lin is None:
+        return None
+    w, b = lin
+    return (w.detach().double().cpu().numpy().astype(np.float32),
+            b.detach().double().cpu().numpy().astype(np.float32))
+
+
+def cam_maps(model: IchNet, features: torch.Tensor) -> torch.Tensor | None:
+    """Class activation maps (N, labels, h, w) before ReLU, differentiable; None if no CAM head.
+
+    Their spatial mean plus the bias equals the logits.
+    """
+    lin = head_linear(model)
+    if lin is None:
+        return None
+    return torch.einsum("lk,nkhw->nlhw", lin[0].to(features.dtype), features)
+
+
+# -- weight files ------------------------------------------------------------------------------
+
+_TORCHVISION_HEADS = {
+    "resnet18": ("fc.",), "resnet50": ("fc.",), "densenet121": ("classifier.",),
+    "efficientnet_b0": ("classifier.1.",),
+}
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: not a state_dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def translate_keys(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a foreign state_dict's keys to this module's ``body.*`` / ``head.*`` names."""
+    if any(k.startswith(("body.", "head.")) for k in state):
+        return dict(state)
+    out: dict[str, torch.Tensor] = {}
+    if any(k.startswith(("encoder.", "classifier.0.")) for k in state):  # published seed format
+        for k, v in state.items():
+            if k.startswith("encoder.fc."):
+                out["head.fc1." + k.removeprefix("encoder.fc.")] = v
+            elif k.startswith("encoder."):
+                out["body." + k.removeprefix("encoder.")] = v
+            elif k.startswith("classifier.0."):
+                out["head.fc2." + k.removeprefix("classifier.0.")] = v
+        return out
+    head_prefixes = _TORCHVISION_HEADS.get(arch, ("fc.",))
+    head_target = "head.fc2." if arch == "rsnahemorrhagenet" else "head.fc."
+    for k, v in state.items():
+        hp = next((p for p in head_prefixes if k.startswith(p)), None)
+        out[(head_target + k.removeprefix(hp)) if hp else ("body." + k)] = v
+    return out
+
+
+def load_weights(model: IchNet, path: str | Path) -> dict[str, list[str]]:
+    """Load a local weight file into ``model`` (see the module docstring for accepted formats).
+
+    Tensors whose shape does not fit (e.g. an ImageNet classifier for a 6-label head) are left
+    at their initialization and reported. Returns ``{"loaded", "skipped", "missing"}`` key lists.
+
+    Raises:
+        ValueError: naming the file when it is not a state_dict or nothing in it fits.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weight file not found (only local files can be used)")
+    state = translate_keys(model.arch, _unwrap(torch.load(path, map_location="cpu",
+                                                          weights_only=True), path))
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("body.") for k in fits):
+        raise ValueError(f"{path}: no tensor fits architecture {model.arch!r} "
+                         f"({len(state)} tensors in the file)")
+    model.load_state_dict(fits, strict=False)
+    return {"loaded": sorted(fits), "skipped": sorted(set(state) - set(fits)),
+            "missing": sorted(set(own) - set(fits))}

@@ -1,0 +1,247 @@
+"""Training checkpoint -> ONNX model that carries its own preprocessing contract.
+
+:func:`export_onnx` writes, for a run folder or checkpoint file:
+- ``model.onnx``: input ``image`` (N, C, S, S) float32 with a dynamic batch axis; outputs
+  ``probs`` (N, labels) = sigmoid(logits), ``logits`` and ``features`` (N, K, h, w), the last
+  convolutional feature map; opset :data:`OPSET`; the :class:`ModelContract` in
+  ``metadata_props`` (windows, input size, normalization, framing, labels, thresholds,
+  architecture, CAM weights, provenance, validation metrics, versions). ``onnx.checker`` passes
+  and ONNX Runtime is checked against torch on the same input before anything is written.
+- ``labels.json`` beside it: label names and order, thresholds, and the class-folder mapping of
+  ImageFolder training data.
+- ``<model>.pt`` beside it: the torch weights tied to the ONNX file by its SHA-256, for on-demand
+  Grad-CAM (:func:`load_torch_twin`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ichrt.export.models import IchNet, build_model, cam_parameters, count_parameters
+from ichrt.export.provenance import versions
+from ichrt.runtime.contract import ModelContract
+from torch import nn
+
+OPSET = 18
+TWIN_FORMAT = "ichrt-torch-twin-1"
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probs", "logits", "features")
+#: Largest torch-vs-ONNX Runtime difference export accepts (probabilities and features).
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """A checkpoint that cannot be exported, or an export that fails its checks."""
+
+
+class _Outputs(nn.Module):
+    """The ichrt model I/O convention around an :class:`IchNet`."""
+
+    def __init__(self, model: IchNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, features = self.model.forward_all(image)
+        return torch.sigmoid(logits), logits, features
+
+
+def resolve_checkpoint(source: str | Path, which: str = "last") -> Path:
+    """The checkpoint file of a run folder (``last`` = checkpoint.pt, ``best`` = best.pt) or
+    ``source`` itself when it is a file."""
+    from ichrt.export.train import BEST, CHECKPOINT
+
+    path = Path(source)
+    if path.is_dir():
+        if which not in ("last", "best"):
+            raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+        path = path / (CHECKPOINT if which == "last" else BEST)
+    if not path.is_file():
+        raise ExportError(f"{path}: checkpoint not found")
+    return path
+
+
+def load_checkpoint(path: Path) -> tuple[IchNet, dict[str, Any], dict[str, Any] | None]:
+    """(model in eval mode, run metadata, validation metrics) from a training checkpoint."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "meta" not in state or "model" not in state:
+        raise ExportError(f"{path}: not an ichrt training checkpoint")
+    meta = state["meta"]
+    contract = meta["contract"]
+    model = build_model(meta["config"]["arch"], len(contract["labels"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    metrics = state.get("metrics")
+    if metrics is None and state.get("history"):
+        metrics = state["history"][-1]
+    return model, meta, metrics
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _validation_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    keep = ("auc", "sensitivity", "specificity", "threshold", "val_loss", "n_val", "per_source",
+            "stage", "epoch", "global_step", "complete")
+    return {k: metrics[k] for k in keep if metrics and k in metrics}
+
+
+def build_contract(model: IchNet, meta: dict[str, Any], metrics: dict[str, Any] | None,
+                   checkpoint: Path) -> ModelContract:
+    """The run's training contract completed with CAM weights, provenance, metrics, versions."""
+    cam = cam_parameters(model)
+    provenance = dict(meta.get("provenance", {}))
+    provenance.update({
+        "checkpoint": checkpoint.name,
+        "parameters": count_parameters(model),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cam": "GAP + linear head: CAM weights stored" if cam is not None
+        else "head is not GAP + one linear map: no CAM weights, use Grad-CAM",
+    })
+    base = ModelContract.from_dict(meta["contract"])
+    return base.with_updates(
+        cam_weights=None if cam is None else tuple(tuple(float(v) for v in r) for r in cam[0]),
+        cam_bias=None if cam is None else tuple(float(v) for v in cam[1]),
+        provenance=provenance,
+        metrics={"validation": _validation_metrics(metrics)},
+        versions={**meta.get("versions", {}), **versions()},
+    )
+
+
+def _example_input(contract: ModelContract, n: int = 2) -> torch.Tensor:
+    """A batch from a phantom slice through the runtime's windowing (falls back to noise when the
+    phantom generator is not available)."""
+    from ichrt.runtime.windowing import window_batch
+
+    try:
+        from ichrt.runtime.synth import generate_study
+
+        hu = generate_study(seed=7, n_slices=n, size=128, positive=True).hu[:n]
+    except ImportError:
+        hu = np.random.default_rng(7).normal(40.0, 300.0, (n, 128, 128)).astype(np.float32)
+    return torch.from_numpy(window_batch(hu, contract))
+
+
+def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch.onnx (dynamo) export with a dynamic batch axis, its console chatter captured."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), torch.no_grad():
+        torch.onnx.export(
+            wrapper, (example,), str(path), input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=True,
+            external_data=False, dynamic_shapes=({0: batch},), verbose=False,
+        )
+
+
+def parity(onnx_path: Path, wrapper: nn.Module, example: torch.Tensor) -> dict[str, float]:
+    """Max abs difference between torch and ONNX Runtime (CPU) for every output."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: example.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in wrapper(example)]
+    return {name: float(np.max(np.abs(g - w))) for name, g, w in zip(OUTPUT_NAMES, got, want)}
+
+
+def export_onnx(
+    source: str | Path,
+    out: str | Path,
+    which: str = "last",
+    name: str | None = None,
+    labels_json: str | Path | None = None,
+) -> ModelContract:
+    """Export a run (folder or checkpoint file) to ``out`` with its contract; see the module doc.
+
+    Returns the contract written into the model.
+
+    Raises:
+        ExportError: the checkpoint is not usable, ``onnx.checker`` fails, or ONNX Runtime
+            disagrees with torch by more than :data:`PARITY_TOLERANCE` on probs or features.
+    """
+    import onnx
+
+    checkpoint = resolve_checkpoint(source, which)
+    model, meta, metrics = load_checkpoint(checkpoint)
+    contract = build_contract(model, meta, metrics, checkpoint)
+    if name:
+        contract = contract.with_updates(name=name)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _Outputs(model).eval()
+    example = _example_input(contract)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        _torch_export(wrapper, example, raw)
+        diffs = parity(raw, wrapper, example)
+        if max(diffs["probs"], diffs["features"]) > PARITY_TOLERANCE:
+            raise ExportError(f"{out}: ONNX Runtime differs from torch: {diffs}")
+        contract = contract.with_updates(
+            provenance={**contract.provenance, "parity_max_abs_diff": diffs})
+        proto = onnx.load(str(raw))
+    for key, value in contract.to_metadata().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = f"{contract.name}: ichrt hemorrhage model ({contract.arch})"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{out}: onnx.checker failed: {exc}") from exc
+    tmp_out = out.with_suffix(out.suffix + ".tmp")
+    onnx.save(proto, str(tmp_out))
+    os.replace(tmp_out, out)
+    sha = sha256_file(out)
+    _write_labels(Path(labels_json) if labels_json else out.parent / "labels.json", out, sha,
+                  contract, meta)
+    torch.save({"format": TWIN_FORMAT, "arch": contract.arch, "labels": list(contract.labels),
+                "onnx_sha256": sha, "contract": contract.to_dict(), "model": model.state_dict()},
+               out.with_suffix(".pt"))
+    return contract
+
+
+def _write_labels(path: Path, model_path: Path, sha: str, contract: ModelContract,
+                  meta: dict[str, Any]) -> None:
+    doc = {
+        "model": model_path.name,
+        "sha256": sha,
+        "labels": list(contract.labels),
+        "index": {name: i for i, name in enumerate(contract.labels)},
+        "thresholds": contract.thresholds,
+        "class_mapping": meta.get("provenance", {}).get("class_mapping", {}),
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def load_torch_twin(pt_path: str | Path, onnx_path: str | Path | None = None) -> tuple[IchNet,
+                                                                                      ModelContract]:
+    """The torch model written beside an ONNX file, in eval mode, with its contract.
+
+    With ``onnx_path`` the twin must name that file's SHA-256, so Grad-CAM never explains other
+    weights than the ones that scored.
+    """
+    pt_path = Path(pt_path)
+    state = torch.load(pt_path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != TWIN_FORMAT:
+        raise ExportError(f"{pt_path}: not an ichrt torch twin ({TWIN_FORMAT})")
+    if onnx_path is not None and sha256_file(Path(onnx_path)) != state["onnx_sha256"]:
+        raise ExportError(f"{pt_path}: weights belong to another model than {onnx_path} "
+                          "(SHA-256 differs); export them together again")
+    model = build_model(state["arch"], len(state["labels"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), ModelContract.from_dict(state["contract"])

@@ -1,0 +1,682 @@
+"""Loaders for the real, publisher-windowed head-CT images of ``shared/realtrain/``.
+
+Four public sources (see that folder's README for licences and credit) become
+:class:`~ichrt.export.samples.Sample` objects like every other training source: a slice in HU,
+six labels in :data:`~ichrt.runtime.contract.LABELS` order (NaN where the source does not say),
+a hemorrhage mask or lesion boxes where given, and a group that a split must never cut.
+
+All four are 8-bit images that their publishers windowed. :class:`GrayWindow` maps gray back to
+the HU range of the window (``low + gray / 255 * width``) with two exceptions, so that
+:func:`ichrt.runtime.framing.head_boxes` and the bone channel see a plausible head:
+
+- the clipped background (gray <= ``air_max`` and 4-connected to the image border, i.e. outside
+  the head) becomes air, -1000 HU; dark pixels inside the head (fat, sinus air, clipped CSF) keep
+  the window's lower edge, since the export threw away what they were;
+- saturated pixels (gray >= ``bone_min``) become :data:`BONE_HU` (1000 HU). They are almost all
+  skull; 1000 HU lies between diploe (~400-800) and cortical bone (~1500-2000), far above any
+  soft tissue, so the skull shows in a bone window. The true value is unknowable (calcifications
+  and dense contrast saturate too), so the loaders take ``bone_hu`` as an option and training
+  should jitter it.
+
+Sources (counts as published in the folder; tests check them):
+
+========= ======================================================================================
+ctich     PhysioNet ct-ich: 1852 slices, 50 patients, 208 with hemorrhage. Window 40/120 (-20..100
+          HU), stated by the export script and confirmed by the files: only 121 gray levels occur,
+          one per integer HU (a comb with step 255/120 = 2.125). Subtypes from ``labels.csv`` by
+          column name; ``any`` = 1 - No_Hemorrhage (checked against the subtypes); union masks
+          from ``mask/N.png``. Stored turned a quarter: the face points right; loaded turned 90
+          degrees counter-clockwise so that anterior is up. Group: PatientNumber.
+roboflow  Roboflow "brain-hemorrhage-detection" v1: 833 JPEGs 640x640 = 355 source images (237
+          exported three times, pixel-identical with identical labels; ``dedupe=True`` keeps
+          one), 231 files without a box. YOLO boxes -> pixel boxes; class names read from
+          ``data.yaml`` (EDH, IPH, IVH, SAH, SDH). ``any`` and the five subtypes are known for
+          every image: a class without a box is negative. Window estimated 40/120 (below).
+          Groups: ``group_by="image"`` takes the name before ``_jpg.rf.`` (355 groups, the
+          README's rule); the default ``"scan"`` also joins neighbouring slices of one scan:
+          names are ``<series>_<slice>``, and slices of one series whose numbers lie within
+          :data:`SCAN_GAP` of each other form one group (41 groups). Neighbouring slices of one
+          scan look alike, so splitting them apart leaks as surely as copies do.
+bhsd      BHSD: 72 slices 512x512, all with hemorrhage. Mask colours (pure RGB, no anti-aliasing
+          in these files; channels are thresholded at 128): EDH red, IPH blue, IVH yellow, SAH
+          cyan, SDH green -> per-subtype masks (:func:`bhsd_subtype_masks`) and all six labels;
+          the sample keeps their union. Window estimated 127.5/255 (0..255 HU, below).
+          Orientation is mixed, not uniformly upside down: 30 of the 72 slices (listed in
+          :data:`BHSD_UPSIDE_DOWN`, read one by one from the face, orbits, frontal sinus,
+          pineal/choroid calcifications and head-holder position) are flipped top to bottom on
+          loading; the other 42 are already anterior-up. Group: the first three digits of the
+          six-digit name (45 groups; e.g. 145014/145015/145017 show one hematoma at three
+          levels, while other pairs differ, so the prefix is a conservative guess of the scan).
+rsna200   RSNA 2019: 224x224 PNG, brain window 40/80 (0..80 HU). ``normal/`` -> all six labels 0;
+          ``intraparenchymal/`` -> any 1, intraparenchymal 1, other subtypes NaN (a slice may
+          hold more than one type); ``unlabeled/`` -> all NaN, loaded only with
+          ``unlabeled=True``. Each image is its own group (no patient or study ids are given).
+========= ======================================================================================
+
+Window estimation for Roboflow and BHSD (:func:`estimate_window`). The brain parenchyma enclosed
+by the skull has about the same HU and the same spread in every adult head CT, so its gray mode
+gives the level and its gray interquartile range gives the width:
+``width = 255 * BRAIN_IQR_HU / iqr_gray`` and ``level = BRAIN_MODE_HU - width * (mode_gray / 255
+- 0.5)``. The two constants are measured on ct-ich, whose window is known (medians over its
+slices: mode 38.8 HU, IQR 9.9 HU). Checked on RSNA, whose window is also known (40/80), the
+estimator gives 46/94, so expect errors of about 6 HU in level and 20% in width. A second anchor,
+the hemorrhage-to-brain contrast (ct-ich masks: median blood 57.6 HU, 20.7 HU above brain),
+gives the width where masks or boxes exist. Results:
+
+- Roboflow: brain mode 122 and IQR 21 gray, the same as ct-ich's 125 and 21, give 41/120; the
+  box anchor (75th percentile inside boxes 33 gray above brain) gives a width of 153, biased
+  upwards by loose boxes. Adopted: 40/120, the ct-ich window, which it matches. The per-series
+  brain mode varies by about +-15 gray (106..148), which may be scanners or windows; one window
+  per source is kept. JPEG noise: background reads 1-8 instead of 0, so ``air_max=8`` and
+  ``bone_min=250``.
+- BHSD: brain mode 30 and IQR ~10 gray give about 135/252; the blood anchor (mask median 22 gray
+  above brain) gives a width of 243. All 256 gray levels occur in every image set, so the width is
+  at least 255 for integer HU. Adopted: 127.5/255, i.e. HU clipped to 0..255 and cast to 8 bits;
+  brain then reads 30 HU, as on RSNA.
+
+What identifies each source in the image (for the training recipe to remove; these survive the
+HU mapping): the clip range of soft tissue (ct-ich and Roboflow -20..100 HU, RSNA 0..80, BHSD
+0..255, so BHSD alone shows fat-to-CSF and blood-to-bone gradations); quantization (ct-ich integer
+HU on a 2.125-gray comb; RSNA 0.31 HU steps; Roboflow JPEG 8x8 blocking and ringing; BHSD 1 HU);
+resolution (RSNA downsampled to 224, smoother and less noisy; Roboflow resampled to 640; ct-ich
+and BHSD 512); framing (head boxes: measured in ``tests/test_sources.py`` and the report); the
+curved head holder (visible in many ct-ich, Roboflow, RSNA and BHSD slices); none of the four
+has burnt-in text. Orientation is normalized here (anterior up).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ichrt.export.samples import Box, Sample, make_labels
+from ichrt.runtime.contract import SUBTYPES
+from numba import njit
+
+#: HU given to the background outside the head.
+AIR_HU = -1000.0
+#: HU given to saturated (gray 255) pixels: dense bone (see the module docstring).
+BONE_HU = 1000.0
+#: Roboflow: slices of one series whose numbers differ by at most this belong to one scan.
+SCAN_GAP = 30
+#: Brain parenchyma statistics in HU (median over ct-ich slices of :func:`tissue_stats`).
+BRAIN_MODE_HU = 38.8
+BRAIN_IQR_HU = 9.9
+
+#: ct-ich ``labels.csv`` column -> label name.
+CTICH_COLUMNS: dict[str, str] = {
+    "Epidural": "epidural",
+    "Intraparenchymal": "intraparenchymal",
+    "Intraventricular": "intraventricular",
+    "Subarachnoid": "subarachnoid",
+    "Subdural": "subdural",
+}
+#: Roboflow class abbreviation (``data.yaml`` names) -> label name.
+ROBOFLOW_CLASSES: dict[str, str] = {
+    "EDH": "epidural",
+    "IPH": "intraparenchymal",
+    "IVH": "intraventricular",
+    "SAH": "subarachnoid",
+    "SDH": "subdural",
+}
+#: BHSD mask colour (R, G, B channels on/off) -> label name.
+BHSD_COLOURS: dict[tuple[int, int, int], str] = {
+    (1, 0, 0): "epidural",
+    (0, 0, 1): "intraparenchymal",
+    (1, 1, 0): "intraventricular",
+    (0, 1, 1): "subarachnoid",
+    (0, 1, 0): "subdural",
+}
+#: BHSD slices stored upside down (posterior up), found by inspecting every slice.
+BHSD_UPSIDE_DOWN = frozenset({
+    "158019", "159015", "159019", "161021", "162015", "162018", "163012", "165022", "168037",
+    "173006", "177017", "177021", "185018", "195020", "196016", "204016", "205011", "205014",
+    "205015", "208007", "208010", "208015", "209007", "210018", "210021", "212014", "214010",
+    "214018", "216016", "217027"
+})
+#: RSNA 2019 folder -> labels.
+RSNA_FOLDERS: dict[str, np.ndarray] = {
+    "normal": make_labels(0.0, **{name: 0.0 for name in SUBTYPES}),
+    "intraparenchymal": make_labels(1.0, intraparenchymal=1.0),
+    "unlabeled": make_labels(),
+}
+
+
+class SourceError(ValueError):
+    """A source folder or file without the layout or content its loader needs."""
+
+
+@dataclass(frozen=True)
+class GrayWindow:
+    """How a source's 8-bit gray maps back to HU.
+
+    Attributes:
+        level, width: the publisher's window in HU.
+        air_max: gray values up to this, connected to the border, are the background (air).
+        bone_min: gray values from this up are saturated bone.
+    """
+
+    level: float
+    width: float
+    air_max: int = 0
+    bone_min: int = 255
+
+    @property
+    def low(self) -> float:
+        """The HU of gray 0."""
+        return self.level - self.width / 2.0
+
+    def gray_of(self, hu: float) -> float:
+        """The gray value (unrounded) that a HU value takes in this window."""
+        return (hu - self.low) / self.width * 255.0
+
+    def to_hu(self, gray: np.ndarray, bone_hu: float = BONE_HU) -> np.ndarray:
+        """float32 HU of a uint8 (H, W) image (see the module docstring)."""
+        gray = np.asarray(gray)
+        if gray.dtype != np.uint8 or gray.ndim != 2:
+            raise ValueError(f"expected a uint8 (H, W) image, got {gray.dtype} {gray.shape}")
+        hu = np.float32(self.low) + gray.astype(np.float32) * np.float32(self.width / 255.0)
+        hu[gray >= self.bone_min] = bone_hu
+        hu[border_connected(gray <= self.air_max)] = AIR_HU
+        return hu
+
+
+@njit(cache=True)
+def _flood_from_border(candidate: np.ndarray) -> np.ndarray:  # pragma: no cover - Numba
+    height, width = candidate.shape
+    reached = np.zeros((height, width), np.bool_)
+    stack = np.empty(height * width, np.int64)
+    top = 0
+    for y in range(height):
+        for x in range(width):
+            if (y == 0 or x == 0 or y == height - 1 or x == width - 1) and candidate[y, x]:
+                reached[y, x] = True
+                stack[top] = y * width + x
+                top += 1
+    while top:
+        top -= 1
+        y, x = divmod(stack[top], width)
+        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+            v, u = y + dy, x + dx
+            if 0 <= v < height and 0 <= u < width and candidate[v, u] and not reached[v, u]:
+                reached[v, u] = True
+                stack[top] = v * width + u
+                top += 1
+    return reached
+
+
+def border_connected(candidate: np.ndarray) -> np.ndarray:
+    """The pixels of a bool (H, W) mask that are 4-connected to the image border within it."""
+    return _flood_from_border(np.ascontiguousarray(candidate, dtype=np.bool_))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One image of a source before decoding: its files and what the source says about it.
+
+    ``yolo`` holds normalized YOLO boxes (label, cx, cy, w, h) in the stored image's frame;
+    ``turn`` (quarter turns counter-clockwise) and then ``flip`` (top to bottom) bring the
+    stored image to the common orientation, anterior up.
+    """
+
+    id: str
+    group: str
+    labels: np.ndarray
+    image: Path
+    mask: Path | None = None
+    yolo: tuple[tuple[str, float, float, float, float], ...] = ()
+    turn: int = 0
+    flip: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    """A real data source: its gray mapping, how to list its images and how to read its masks."""
+
+    name: str
+    window: GrayWindow
+    entries: Callable[..., list[Entry]]
+    read_mask: Callable[[Path], np.ndarray] | None = None
+
+
+# -- file reading ------------------------------------------------------------------------------
+
+def read_gray(path: Path) -> np.ndarray:
+    """A uint8 (H, W) image; an RGB file must be gray (equal channels)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im)
+    except OSError as exc:
+        raise SourceError(f"{path}: not a readable image ({exc})") from exc
+    if arr.ndim == 3:
+        if not (np.array_equal(arr[..., 0], arr[..., 1]) and
+                np.array_equal(arr[..., 0], arr[..., 2])):
+            raise SourceError(f"{path}: colour image where a gray CT slice was expected")
+        arr = arr[..., 0]
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """A bool (H, W) mask from a gray PNG (nonzero = lesion)."""
+    return read_gray(path) > 0
+
+
+def bhsd_subtype_masks(rgb: np.ndarray, where: str = "mask") -> np.ndarray:
+    """bool (5, H, W) per-subtype masks (SUBTYPES order) of a BHSD colour-coded mask.
+
+    Each channel is on at >= 128, which absorbs anti-aliased edges toward black; a pixel whose
+    on/off pattern is not one of :data:`BHSD_COLOURS` (e.g. magenta, white) is an error naming
+    ``where``.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise SourceError(f"{where}: expected an RGB mask, got shape {rgb.shape}")
+    on = rgb >= 128
+    code = on[..., 0].astype(np.uint8) * 4 + on[..., 1] * 2 + on[..., 2]
+    masks = np.zeros((len(SUBTYPES),) + rgb.shape[:2], bool)
+    known = code == 0
+    for (r, g, b), name in BHSD_COLOURS.items():
+        hit = code == r * 4 + g * 2 + b
+        masks[SUBTYPES.index(name)] = hit
+        known |= hit
+    if not known.all():
+        bad = sorted({tuple(int(v) for v in px) for px in rgb[~known][:1000]})[:5]
+        raise SourceError(f"{where}: {int((~known).sum())} mask pixels of unknown colour, e.g. {bad}")
+    return masks
+
+
+def _read_bhsd_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise SourceError(f"{path}: not a readable mask image ({exc})") from exc
+
+
+def read_bhsd_mask(path: Path) -> np.ndarray:
+    """The union hemorrhage mask of a BHSD colour-coded mask file."""
+    return bhsd_subtype_masks(_read_bhsd_rgb(path), str(path)).any(axis=0)
+
+
+# -- listing each source -----------------------------------------------------------------------
+
+def _need_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise SourceError(f"{path}: folder not found")
+    return path
+
+
+def ctich_entries(root: Path) -> list[Entry]:
+    """ct-ich slices from ``labels.csv`` (sorted by patient and slice)."""
+    table = Path(root) / "labels.csv"
+    try:
+        with open(table, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise SourceError(f"{table}: cannot read ({exc.strerror or exc})") from exc
+    needed = {"index", "PatientNumber", "SliceNumber", "No_Hemorrhage", *CTICH_COLUMNS}
+    missing = needed - set(rows[0] if rows else ())
+    if missing:
+        raise SourceError(f"{table}: missing columns {sorted(missing)}")
+    entries = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            subtypes = {name: float(row[col]) for col, name in CTICH_COLUMNS.items()}
+            positive = 1.0 - float(row["No_Hemorrhage"])
+            order = (int(row["PatientNumber"]), int(row["SliceNumber"]))
+        except ValueError as exc:
+            raise SourceError(f"{table}, line {line}: not a number ({exc})") from exc
+        if positive != max(subtypes.values()):
+            raise SourceError(f"{table}, line {line}: No_Hemorrhage contradicts the subtypes")
+        index = row["index"]
+        entries.append((order, Entry(
+            id=index, group=row["PatientNumber"], labels=make_labels(positive, **subtypes),
+            image=root / "image" / f"{index}.png", mask=root / "mask" / f"{index}.png", turn=1,
+        )))
+    return [e for _, e in sorted(entries, key=lambda item: item[0])]
+
+
+def _yolo_names(data_yaml: Path) -> list[str]:
+    """The class names of a YOLO ``data.yaml`` (the one-line ``names: [...]`` form)."""
+    try:
+        text = data_yaml.read_text()
+    except OSError as exc:
+        raise SourceError(f"{data_yaml}: cannot read ({exc.strerror or exc})") from exc
+    found = re.search(r"^names:\s*\[(.*?)\]", text, re.MULTILINE)
+    if not found:
+        raise SourceError(f"{data_yaml}: no 'names: [...]' line")
+    return [n.strip().strip("'\"") for n in found.group(1).split(",") if n.strip()]
+
+
+def _read_yolo(path: Path, names: list[str]) -> tuple[tuple[str, float, float, float, float], ...]:
+    """Boxes (label, cx, cy, w, h) of a YOLO label file; a missing file means no box (YOLO)."""
+    if not path.exists():
+        return ()
+    boxes = []
+    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            cls, coords = int(parts[0]), [float(v) for v in parts[1:]]
+        except ValueError as exc:
+            raise SourceError(f"{path}, line {line_no}: not a YOLO box ({exc})") from exc
+        if len(coords) != 4 or not 0 <= cls < len(names):
+            raise SourceError(f"{path}, line {line_no}: expected 'class cx cy w h' with a class "
+                              f"below {len(names)}")
+        if not all(-1e-3 <= v <= 1 + 1e-3 for v in coords):
+            raise SourceError(f"{path}, line {line_no}: coordinates outside [0, 1]")
+        boxes.append((ROBOFLOW_CLASSES[names[cls]], *coords))
+    return tuple(boxes)
+
+
+def _scan_groups(names: list[str], gap: int) -> dict[str, str]:
+    """Source-image name -> scan group: ``<series>_<slice>`` names whose slice numbers lie within
+    ``gap`` of each other in one series form one group; other names are their own group."""
+    series: dict[str, list[tuple[int, str]]] = {}
+    out = {}
+    for name in names:
+        found = re.fullmatch(r"(.+)_(\d+)", name)
+        if found:
+            series.setdefault(found.group(1), []).append((int(found.group(2)), name))
+        else:
+            out[name] = name
+    for prefix, members in series.items():
+        members.sort()
+        start = previous = members[0][0]
+        for number, name in members:
+            if number - previous > gap:
+                start = number
+            out[name] = f"{prefix}_{start}"
+            previous = number
+    return out
+
+
+def roboflow_entries(
+    root: Path, group_by: str = "scan", dedupe: bool = False, scan_gap: int = SCAN_GAP
+) -> list[Entry]:
+    """Roboflow images of ``train/``, ``valid/`` and ``test/`` with their YOLO boxes.
+
+    ``group_by``: ``"scan"`` (default, neighbouring slices of a series together) or ``"image"``
+    (the source image, the name before ``_jpg.rf.``). ``dedupe`` keeps one file per source image.
+    """
+    if group_by not in ("scan", "image"):
+        raise ValueError(f"group_by must be 'scan' or 'image', got {group_by!r}")
+    names = _yolo_names(Path(root) / "data.yaml")
+    unknown = [n for n in names if n not in ROBOFLOW_CLASSES]
+    if unknown:
+        raise SourceError(f"{root / 'data.yaml'}: unknown classes {unknown}")
+    files = []
+    for split in ("train", "valid", "test"):
+        images = _need_dir(Path(root) / split / "images")
+        files += sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not files:
+        raise SourceError(f"{root}: no images in train/, valid/ or test/")
+    source_name = {p: p.name.split("_jpg.rf.")[0] for p in files}
+    groups = (_scan_groups(sorted(set(source_name.values())), scan_gap) if group_by == "scan"
+              else {n: n for n in source_name.values()})
+    entries, seen = [], set()
+    for path in files:
+        name = source_name[path]
+        if dedupe and name in seen:
+            continue
+        seen.add(name)
+        yolo = _read_yolo(path.parent.parent / "labels" / f"{path.stem}.txt", names)
+        present = {box[0] for box in yolo}
+        labels = make_labels(float(bool(yolo)),
+                             **{s: float(s in present) for s in SUBTYPES})
+        entries.append(Entry(id=f"{path.parent.parent.name}/{path.stem}", group=groups[name],
+                             labels=labels, image=path, yolo=yolo))
+    return entries
+
+
+def bhsd_entries(root: Path) -> list[Entry]:
+    """BHSD slices; labels from the colours present in each mask."""
+    images = _need_dir(Path(root) / "image")
+    entries = []
+    for path in sorted(images.glob("*.png")):
+        mask = Path(root) / "mask" / path.name
+        if not mask.exists():
+            raise SourceError(f"{path}: no mask file {mask}")
+        present = bhsd_subtype_masks(_read_bhsd_rgb(mask), str(mask)).any(axis=(1, 2))
+        labels = make_labels(float(present.any()),
+                             **{s: float(v) for s, v in zip(SUBTYPES, present)})
+        case = re.fullmatch(r"(\d{3})\d{3}", path.stem)
+        entries.append(Entry(id=path.stem, group=case.group(1) if case else path.stem,
+                             labels=labels, image=path, mask=mask,
+                             flip=path.stem in BHSD_UPSIDE_DOWN))
+    if not entries:
+        raise SourceError(f"{images}: no PNG images")
+    return entries
+
+
+def rsna200_entries(root: Path, unlabeled: bool = False) -> list[Entry]:
+    """RSNA 2019 slices by folder (``unlabeled/`` only when asked; its labels are all NaN)."""
+    entries = []
+    for folder, labels in RSNA_FOLDERS.items():
+        if folder == "unlabeled" and not unlabeled:
+            continue
+        for path in sorted(_need_dir(Path(root) / folder).glob("*.png")):
+            entries.append(Entry(id=path.stem, group=path.stem, labels=labels, image=path))
+    return entries
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source("ctich", GrayWindow(40.0, 120.0), ctich_entries, read_binary_mask),
+        # Roboflow and BHSD windows are estimates (see the module docstring).
+        Source("roboflow", GrayWindow(40.0, 120.0, air_max=8, bone_min=250), roboflow_entries),
+        Source("bhsd", GrayWindow(127.5, 255.0), bhsd_entries, read_bhsd_mask),
+        Source("rsna200", GrayWindow(40.0, 80.0), rsna200_entries),
+    )
+}
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+def _pixel_boxes(entry: Entry, height: int, width: int) -> list[Box]:
+    """The entry's YOLO boxes in pixels of the stored image, half-open and clipped."""
+    out = []
+    for label, cx, cy, w, h in entry.yolo:
+        y0 = max(0, int(np.floor((cy - h / 2) * height)))
+        x0 = max(0, int(np.floor((cx - w / 2) * width)))
+        y1 = min(height, int(np.ceil((cy + h / 2) * height)))
+        x1 = min(width, int(np.ceil((cx + w / 2) * width)))
+        out.append((y0, x0, y1, x1, label))
+    return out
+
+
+def orient_box(box: Box, shape: tuple[int, int], turn: int, flip: bool) -> Box:
+    """A box of an image of ``shape`` after ``np.rot90(k=turn)`` and then a top-bottom flip."""
+    y0, x0, y1, x1, label = box
+    h, w = shape
+    for _ in range(turn % 4):
+        y0, x0, y1, x1 = w - x1, y0, w - x0, y1
+        h, w = w, h
+    if flip:
+        y0, y1 = h - y1, h - y0
+    return (y0, x0, y1, x1, label)
+
+
+def orient(image: np.ndarray, turn: int, flip: bool) -> np.ndarray:
+    """``image`` turned ``turn`` quarters counter-clockwise, then flipped top to bottom."""
+    out = np.rot90(image, k=turn) if turn % 4 else image
+    return np.ascontiguousarray(out[::-1] if flip else out)
+
+
+def _resize(hu: np.ndarray, mask: np.ndarray | None, boxes: list[Box], size: int):
+    """Resize a slice to ``size`` x ``size`` (bilinear, antialiased when shrinking), its mask
+    (nearest) and its boxes (scaled outward)."""
+    from PIL import Image
+
+    h, w = hu.shape
+    hu = np.asarray(Image.fromarray(hu, mode="F").resize((size, size), Image.BILINEAR))
+    if mask is not None:
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
+            (size, size), Image.NEAREST)) > 0
+    sy, sx = size / h, size / w
+    boxes = [(int(np.floor(y0 * sy)), int(np.floor(x0 * sx)), int(np.ceil(y1 * sy)),
+              int(np.ceil(x1 * sx)), label) for y0, x0, y1, x1, label in boxes]
+    return np.ascontiguousarray(hu, np.float32), mask, boxes
+
+
+def read_sample(
+    source: Source | str, entry: Entry, size: int | None = None, bone_hu: float = BONE_HU
+) -> Sample:
+    """Decode one entry into a :class:`Sample` (HU, oriented anterior-up, optionally resized)."""
+    src = SOURCES[source] if isinstance(source, str) else source
+    gray = read_gray(entry.image)
+    hu = orient(src.window.to_hu(gray, bone_hu), entry.turn, entry.flip)
+    mask = None
+    if entry.mask is not None and src.read_mask is not None:
+        mask = src.read_mask(entry.mask)
+        if mask.shape != gray.shape:
+            raise SourceError(f"{entry.mask}: mask shape {mask.shape} differs from the image's "
+                              f"{gray.shape}")
+        mask = orient(mask, entry.turn, entry.flip)
+    boxes = [orient_box(b, gray.shape, entry.turn, entry.flip)
+             for b in _pixel_boxes(entry, *gray.shape)]
+    if size is not None:
+        hu, mask, boxes = _resize(hu, mask, boxes, size)
+    return Sample(hu=hu, labels=entry.labels.copy(), mask=mask, boxes=boxes, group=entry.group,
+                  source=src.name, id=entry.id)
+
+
+def source(name: str) -> Source:
+    """The registered source called ``name``."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise SourceError(f"unknown source {name!r}; known: {', '.join(SOURCES)}") from None
+
+
+def list_entries(name: str, root: str | Path, **options: Any) -> list[Entry]:
+    """The entries of source ``name`` under ``root`` (cheap: reads labels, not images)."""
+    return source(name).entries(Path(root), **options)
+
+
+def iter_source(
+    name: str,
+    root: str | Path,
+    size: int | None = None,
+    limit: int | None = None,
+    bone_hu: float = BONE_HU,
+    **options: Any,
+) -> Iterator[Sample]:
+    """Samples of source ``name`` one at a time (``options`` go to its entry lister).
+
+    ``size`` resizes every slice to ``size`` x ``size`` (a full ct-ich at 512 is ~2 GB of
+    float32); ``limit`` stops after that many samples.
+    """
+    src = source(name)
+    for entry in list_entries(name, root, **options)[:limit]:
+        yield read_sample(src, entry, size, bone_hu)
+
+
+def load_source(name: str, root: str | Path, **options: Any) -> list[Sample]:
+    """All samples of source ``name`` (see :func:`iter_source`)."""
+    return list(iter_source(name, root, **options))
+
+
+def iter_ctich(root: str | Path, **options: Any) -> Iterator[Sample]:
+    """ct-ich samples (see :func:`iter_source`)."""
+    return iter_source("ctich", root, **options)
+
+
+def iter_roboflow(root: str | Path, **options: Any) -> Iterator[Sample]:
+    """Roboflow samples; options ``group_by``, ``dedupe``, ``scan_gap`` (see
+    :func:`roboflow_entries`)."""
+    return iter_source("roboflow", root, **options)
+
+
+def iter_bhsd(root: str | Path, **options: Any) -> Iterator[Sample]:
+    """BHSD samples (see :func:`iter_source`)."""
+    return iter_source("bhsd", root, **options)
+
+
+def iter_rsna200(root: str | Path, **options: Any) -> Iterator[Sample]:
+    """RSNA 2019 samples; option ``unlabeled`` (see :func:`rsna200_entries`)."""
+    return iter_source("rsna200", root, **options)
+
+
+def load_ctich(root: str | Path, **options: Any) -> list[Sample]:
+    """All ct-ich samples."""
+    return load_source("ctich", root, **options)
+
+
+def load_roboflow(root: str | Path, **options: Any) -> list[Sample]:
+    """All Roboflow samples."""
+    return load_source("roboflow", root, **options)
+
+
+def load_bhsd(root: str | Path, **options: Any) -> list[Sample]:
+    """All BHSD samples."""
+    return load_source("bhsd", root, **options)
+
+
+def load_rsna200(root: str | Path, **options: Any) -> list[Sample]:
+    """All RSNA 2019 samples (``unlabeled=True`` adds the unlabeled folder)."""
+    return load_source("rsna200", root, **options)
+
+
+# -- window estimation -------------------------------------------------------------------------
+
+def _erode(mask: np.ndarray, steps: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(steps):
+        core = out.copy()
+        core[1:] &= out[:-1]
+        core[:-1] &= out[1:]
+        core[:, 1:] &= out[:, :-1]
+        core[:, :-1] &= out[:, 1:]
+        core[[0, -1], :] = False
+        core[:, [0, -1]] = False
+        out = core
+    return out
+
+
+def tissue_stats(gray: np.ndarray, bone_min: int = 250, min_pixels: int = 2000
+                 ) -> tuple[float, float] | None:
+    """(mode, interquartile range) of the gray values enclosed by the skull, or None.
+
+    The skull is gray >= ``bone_min``; what it encloses (not connected to the border), eroded by
+    4 pixels away from bone, is brain, CSF and lesions, where brain dominates. The mode comes from
+    the histogram of gray 1..bone_min-1 smoothed over 5 levels. None when fewer than
+    ``min_pixels`` are enclosed (skull base, vertex, open skull).
+    """
+    gray = np.asarray(gray)
+    skull = gray >= bone_min
+    inside = _erode(~skull & ~border_connected(~skull), 4)
+    values = gray[inside]
+    values = values[(values > 0) & (values < bone_min)]
+    if values.size < min_pixels:
+        return None
+    hist = np.convolve(np.bincount(values, minlength=256), np.ones(5) / 5.0, mode="same")
+    mode = float(np.argmax(hist[5:bone_min]) + 5)
+    q1, q3 = np.percentile(values, [25, 75])
+    return mode, float(q3 - q1)
+
+
+def estimate_window(grays: list[np.ndarray], bone_min: int = 250) -> tuple[float, float]:
+    """(level, width) in HU of the window that made a set of 8-bit slices of one source.
+
+    Uses the medians of :func:`tissue_stats` over the slices and the brain constants
+    :data:`BRAIN_MODE_HU` and :data:`BRAIN_IQR_HU` (see the module docstring for its accuracy).
+    """
+    stats = [s for s in (tissue_stats(g, bone_min) for g in grays) if s is not None]
+    if not stats:
+        raise ValueError("no slice shows enough brain enclosed by skull to estimate a window")
+    mode, iqr = np.median(np.asarray(stats), axis=0)
+    width = 255.0 * BRAIN_IQR_HU / max(float(iqr), 1.0)
+    level = BRAIN_MODE_HU - width * (float(mode) / 255.0 - 0.5)
+    return level, width

@@ -1,0 +1,285 @@
+"""Samples -> model tensors for training, through the runtime's own preprocessing.
+
+:class:`SliceStore` packs samples compactly (HU as int16, region masks bit-packed, the head box
+computed once). :class:`SliceDataset` turns a stored slice into the model input with
+:func:`ichrt.runtime.windowing.window_batch` and :func:`ichrt.runtime.framing.head_boxes`, the very
+code that scoring runs, so training and inference cannot drift; augmentation wraps around it (see
+:mod:`ichrt.export.augment`). :class:`EpochSampler` draws a reproducible, optionally class-balanced
+order per epoch together with one augmentation seed per draw, and can skip the draws already
+consumed when a run resumes mid-epoch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ichrt.export.augment import (
+    AugmentConfig,
+    TensorParams,
+    geometric,
+    hu_calibration,
+    hu_side,
+    intensity,
+    jitter_box,
+)
+from ichrt.export.samples import Sample
+from ichrt.runtime.contract import LABELS, ModelContract
+from ichrt.runtime.framing import head_boxes
+from ichrt.runtime.windowing import centred_boxes, window_batch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+BALANCE_MODES = ("none", "class", "source")
+
+
+def _pack_region(sample: Sample) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The sample's lesion region (mask, else rasterized boxes) bit-packed, or None."""
+    h, w = sample.hu.shape
+    region = None
+    if sample.mask is not None:
+        region = np.asarray(sample.mask, bool)
+    elif sample.boxes:
+        region = np.zeros((h, w), bool)
+        for y0, x0, y1, x1, _ in sample.boxes:
+            region[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    if region is None:
+        return None
+    return np.packbits(region, axis=None), (h, w)
+
+
+@dataclass
+class SliceStore:
+    """Training slices in compact form; index-aligned lists and arrays."""
+
+    hu: list[np.ndarray] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
+    head_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
+    regions: list[tuple[np.ndarray, tuple[int, int]] | None] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_samples(
+        cls, samples: Iterable[Sample], progress: Callable[[int], None] | None = None
+    ) -> SliceStore:
+        """Pack samples (consumed one at a time, so an iterator never lives in memory whole)."""
+        store, labels, boxes = cls(), [], []
+        for s in samples:
+            hu = np.asarray(s.hu, np.float32)
+            store.hu.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
+            labels.append(np.asarray(s.labels, np.float32).reshape(len(LABELS)))
+            boxes.append(np.asarray(head_boxes(hu[None]))[0])
+            store.regions.append(_pack_region(s))
+            store.groups.append(s.group)
+            store.sources.append(s.source)
+            store.ids.append(s.id)
+            if progress is not None:
+                progress(1)
+        if store.hu:
+            store.labels = np.stack(labels)
+            store.head_boxes = np.stack(boxes).astype(np.int64)
+        return store
+
+    def __len__(self) -> int:
+        return len(self.hu)
+
+    def subset(self, indices: Iterable[int]) -> SliceStore:
+        """A store of the given rows (arrays shared, not copied)."""
+        idx = [int(i) for i in indices]
+        return SliceStore(
+            hu=[self.hu[i] for i in idx], labels=self.labels[idx], head_boxes=self.head_boxes[idx],
+            regions=[self.regions[i] for i in idx], groups=[self.groups[i] for i in idx],
+            sources=[self.sources[i] for i in idx], ids=[self.ids[i] for i in idx],
+        )
+
+    @staticmethod
+    def concat(stores: list[SliceStore]) -> SliceStore:
+        """One store holding the rows of all ``stores`` in order."""
+        out = SliceStore()
+        for s in stores:
+            for name in ("hu", "regions", "groups", "sources", "ids"):
+                getattr(out, name).extend(getattr(s, name))
+        if out.hu:
+            out.labels = np.concatenate([s.labels for s in stores])
+            out.head_boxes = np.concatenate([s.head_boxes for s in stores])
+        return out
+
+    def region(self, i: int) -> np.ndarray | None:
+        """The (H, W) bool lesion region of row ``i``, or None."""
+        packed = self.regions[i]
+        if packed is None:
+            return None
+        bits, (h, w) = packed
+        return np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+
+
+def sample_region(region: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resampling of a region mask with the windowing kernel's box geometry."""
+    y0, x0, y1, x1 = (float(v) for v in box)
+    pos = (np.arange(size) + 0.5) / size
+    ys = np.rint(y0 + pos * (y1 - y0) - 0.5).astype(np.int64)
+    xs = np.rint(x0 + pos * (x1 - x0) - 0.5).astype(np.int64)
+    h, w = region.shape
+    inside_y, inside_x = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)
+    out = np.zeros((size, size), np.float32)
+    sub = region[np.clip(ys, 0, h - 1)][:, np.clip(xs, 0, w - 1)]
+    out[:] = sub * inside_y[:, None] * inside_x[None, :]
+    return out
+
+
+class SliceDataset(Dataset):
+    """Model inputs from a :class:`SliceStore` via the runtime's windowing.
+
+    Items are addressed by a row index, or by ``(row, seed)`` as :class:`EpochSampler` yields
+    them; augmentation (when configured) draws from a generator seeded with ``seed``. An item is
+    a dict: ``image`` (C, S, S) float32, ``labels`` (6,) float32 with NaN for unknown, ``index``,
+    and with ``with_regions`` a ``region`` (S, S) map plus ``has_region``.
+    """
+
+    def __init__(
+        self,
+        store: SliceStore,
+        contract: ModelContract,
+        augment: AugmentConfig | None = None,
+        with_regions: bool = False,
+    ) -> None:
+        self.store = store
+        self.contract = contract
+        self.augment = augment
+        self.with_regions = with_regions
+        self._mean = torch.tensor(contract.mean, dtype=torch.float32)[:, None, None]
+        self._std = torch.tensor(contract.std, dtype=torch.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def _box(self, i: int) -> np.ndarray:
+        if self.contract.framing == "head":
+            return self.store.head_boxes[i]
+        return centred_boxes(1, *self.store.hu[i].shape)[0].astype(np.int64)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        i = int(i)
+        cfg = self.augment
+        rng = np.random.default_rng(seed) if cfg is not None else None
+        pixels, box = self.store.hu[i], self._box(i)
+        slope, intercept = 1.0, 0.0
+        if rng is not None:
+            box = jitter_box(box, rng, cfg)
+            slope, intercept = hu_calibration(rng, cfg)
+            pixels = hu_side(pixels, self.store.sources[i], rng, cfg)
+        image = window_batch(
+            pixels[None], self.contract, boxes=box[None].astype(np.int64),
+            slopes=np.array([slope], np.float32), intercepts=np.array([intercept], np.float32),
+        )
+        x = torch.from_numpy(np.ascontiguousarray(image[0]))
+        region = None
+        if self.with_regions:
+            mask = self.store.region(i)
+            region = (torch.from_numpy(sample_region(mask, box, self.contract.input_size))
+                      if mask is not None else None)
+        if rng is not None:
+            params = TensorParams.draw(rng, cfg)
+            gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            windowed = geometric(x * self._std + self._mean, params)
+            x = (intensity(windowed, params, gen) - self._mean) / self._std
+            if region is not None:
+                region = geometric(region[None], params)[0]
+        item = {"image": x.float(), "labels": torch.from_numpy(self.store.labels[i].copy()),
+                "index": torch.tensor(i)}
+        if self.with_regions:
+            s = self.contract.input_size
+            item["has_region"] = torch.tensor(region is not None)
+            item["region"] = region if region is not None else torch.zeros(s, s)
+        return item
+
+
+def balance_weights(store: SliceStore, mode: str = "class") -> np.ndarray | None:
+    """Sampling weight per row, or None for uniform sampling (``mode="none"``).
+
+    Rows are grouped in cells (source, ``any`` label: positive / negative / unknown).
+    ``"class"``: within each source every cell gets the same total weight, and each source keeps
+    its share of the rows. ``"source"``: additionally every source gets the same total weight.
+    Balancing within a source stops the model from reading the label off the source.
+    """
+    if mode not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {BALANCE_MODES}, got {mode!r}")
+    if mode == "none" or len(store) == 0:
+        return None
+    a = store.labels[:, 0]
+    cells = [(s, "u" if np.isnan(v) else ("p" if v >= 0.5 else "n"))
+             for s, v in zip(store.sources, a)]
+    per_cell = Counter(cells)
+    per_source = Counter(store.sources)
+    cells_in_source = Counter(s for s, _ in per_cell)
+    n_sources = len(per_source)
+    w = np.empty(len(store), np.float64)
+    for k, (src, c) in enumerate(cells):
+        total = per_source[src] if mode == "class" else len(store) / n_sources
+        w[k] = total / (cells_in_source[src] * per_cell[(src, c)])
+    return w / w.sum()
+
+
+class EpochSampler(Sampler):
+    """Yields ``(row, augmentation seed)`` pairs; the same (seed, epoch) gives the same draws.
+
+    With ``weights`` rows are drawn with replacement (like ``WeightedRandomSampler``), otherwise
+    as a permutation. ``skip`` drops the first draws (used when resuming mid-epoch).
+    """
+
+    def __init__(
+        self, n: int, num_samples: int | None = None, weights: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.n, self.weights, self.seed = n, weights, seed
+        self.num_samples = num_samples or n
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def draws(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is not None:
+            rows = rng.choice(self.n, self.num_samples, replace=True, p=self.weights)
+        else:
+            rows = np.concatenate([rng.permutation(self.n)
+                                   for _ in range(-(-self.num_samples // self.n))])
+            rows = rows[: self.num_samples]
+        seeds = rng.integers(0, 2**62, self.num_samples)
+        return rows, seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rows, seeds = self.draws()
+        for r, s in zip(rows[self.skip:], seeds[self.skip:]):
+            yield int(r), int(s)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+def _worker_init(_: int) -> None:
+    """One thread per loader worker: the workers already run in parallel."""
+    import numba
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def make_loader(
+    dataset: SliceDataset, batch_size: int, sampler: Sampler | None = None, workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over ``dataset`` (in order when no sampler is given)."""
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+        worker_init_fn=_worker_init if workers > 0 else None, pin_memory=pin_memory,
+        drop_last=False, persistent_workers=False,
+    )

@@ -1,0 +1,225 @@
+"""``ichrt bench``: latency, end-to-end time, seed-style baseline, memory and start time.
+
+Figures (all on this machine, in one run):
+
+* per-slice latency of the model at batch 1, 8 and 32 (ONNX Runtime on a ready tensor);
+* end to end: a 40-slice phantom study from DICOM files to the written worklist, against the pure
+  model time of the same 40 slices at the same batch size (the goal is a ratio <= 1.15);
+* the seed-style baseline when torch is installed: pydicom read, per-slice NumPy windowing (one
+  copy and boolean-mask clip per window), PyTorch eager at batch 1 with the same weights (the
+  checkpoint export writes beside the ONNX file), else reported unavailable with the reason;
+* warm start: wall time of a fresh ``ichrt score`` process on one small study (a first, cold run
+  fills the caches), and the peak RSS of ``ichrt score`` on the 40-slice study.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from ichrt.runtime.cli import EXIT_ERROR
+from ichrt.runtime.contract import ContractError
+from ichrt.runtime.session import LoadedModel, ModelError, load_model
+
+BATCHES = (1, 8, 32)
+STUDY_SLICES = 40
+SMALL_STUDY_SLICES = 8
+BENCH_SEED = 4242
+#: Runs the ``ichrt`` CLI in a fresh interpreter (same as the console script).
+CLI = "from ichrt.runtime.cli import main; main()"
+
+
+def best_of(fn: Callable[[], Any], repeat: int = 5, min_seconds: float = 0.3) -> float:
+    """Median seconds of ``fn()`` over at least ``repeat`` runs (and ``min_seconds``), after one
+    warm-up run."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def random_batch(model: LoadedModel, n: int, seed: int = 0) -> np.ndarray:
+    """A ready model tensor (n, C, S, S) of normalized-looking values."""
+    c, s = model.contract.channels, model.contract.input_size
+    return np.random.default_rng(seed).normal(0, 1, (n, c, s, s)).astype(np.float32)
+
+
+def latency_ms_per_slice(model: LoadedModel, batch: int) -> float:
+    """Pure model time per slice (ms) at ``batch`` slices per call."""
+    x = random_batch(model, batch)
+    return 1e3 * best_of(lambda: model.run(x, ("logits",))) / batch
+
+
+def write_phantom_study(folder: Path, n_slices: int, seed: int = BENCH_SEED) -> list[Path]:
+    """One positive phantom study of ``n_slices`` 512 x 512 slices; returns its DICOM files."""
+    from ichrt.runtime.synth import write_dataset
+
+    write_dataset(folder, studies=1, seed=seed, slices=(n_slices, n_slices), prevalence=1.0)
+    return sorted((folder / "stage_2_train").glob("*.dcm"))
+
+
+def worklist_job(model: LoadedModel, files: Sequence[Path], out: Path,
+                 batch_size: int = 16) -> Callable[[], dict[str, Any]]:
+    """A call that scores ``files`` and writes the worklist into ``out`` (no explanations)."""
+    from ichrt.runtime.scorer import Scorer, write_result
+
+    scorer = Scorer(model, batch_size=batch_size, explain="none")
+    return lambda: write_result(scorer.score(files), out)
+
+
+def pure_model_job(model: LoadedModel, files: Sequence[Path],
+                   batch_size: int = 16) -> Callable[[], list]:
+    """A call that runs the model alone on the ready tensor of ``files`` (windowed once here)."""
+    from ichrt.runtime.dicom import read_slice
+    from ichrt.runtime.pipeline import window_slices
+
+    tensor, _ = window_slices([read_slice(f) for f in files], model.contract)
+    chunks = [tensor[i:i + batch_size] for i in range(0, len(tensor), batch_size)]
+    return lambda: [model.run(c, ("logits",)) for c in chunks]
+
+
+def end_to_end(model: LoadedModel, files: Sequence[Path], batch_size: int = 16) -> dict[str, Any]:
+    """Seconds from DICOM files to written worklist, and the pure model time of the same slices."""
+    with tempfile.TemporaryDirectory(prefix="ichrt-bench-") as out:
+        e2e = best_of(worklist_job(model, files, Path(out), batch_size), repeat=3)
+    pure = best_of(pure_model_job(model, files, batch_size), repeat=3)
+    return {"slices": len(files), "batch_size": batch_size, "seconds": e2e,
+            "pure_model_seconds": pure, "ratio": e2e / pure}
+
+
+def seed_baseline(model: LoadedModel, files: Sequence[Path]) -> dict[str, Any]:
+    """The seed's way: pydicom + per-slice NumPy windowing + PyTorch eager at batch 1."""
+    try:
+        import torch
+        import torch.nn.functional as F
+        from ichrt.runtime.explain.gradcam import load_checkpoint
+        net = load_checkpoint(model)
+    except Exception as exc:  # noqa: BLE001 - any reason makes the baseline unavailable
+        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
+    import pydicom
+
+    c = model.contract
+    size = c.input_size
+    mean = torch.tensor(c.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(c.std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def run_all() -> None:
+        for path in files:
+            ds = pydicom.dcmread(str(path))
+            hu = (ds.pixel_array.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1))
+                  + float(getattr(ds, "RescaleIntercept", 0)))
+            channels = []
+            for level, width in c.windows:
+                low, high = level - width / 2, level + width / 2
+                w = hu.copy()
+                w[w < low] = low
+                w[w > high] = high
+                channels.append((w - low) / width)
+            x = torch.from_numpy(np.stack(channels))[None]
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            with torch.no_grad():
+                torch.sigmoid(net((x - mean) / std))
+
+    return {"available": True, "seconds": best_of(run_all, repeat=2)}
+
+
+def cli_start(model: LoadedModel, study: Path, out: Path) -> float:
+    """Wall seconds of a fresh ``ichrt score`` process on ``study`` (worklist written)."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", CLI, "score", str(study), "--out", str(out), "--model",
+         str(model.path), "--explain", "none", "--json"],
+        check=True, capture_output=True,
+    )
+    return time.perf_counter() - t0
+
+
+def run_bench(model: LoadedModel) -> dict[str, Any]:
+    """All the figures, as a JSON-ready dict."""
+    import onnxruntime
+    from ichrt.runtime.session import physical_cores
+
+    report: dict[str, Any] = {
+        "model": {"name": model.contract.name, "sha256": model.sha256, "arch": model.contract.arch,
+                  "input_size": model.contract.input_size, "providers": model.providers},
+        "machine": {"physical_cores": physical_cores(), "onnxruntime": onnxruntime.__version__},
+        "latency_ms_per_slice": {str(b): latency_ms_per_slice(model, b) for b in BATCHES},
+    }
+    with tempfile.TemporaryDirectory(prefix="ichrt-bench-") as tmp:
+        tmp = Path(tmp)
+        files = write_phantom_study(tmp / "study", STUDY_SLICES)
+        small = tmp / "small"
+        small.mkdir()
+        for f in files[:SMALL_STUDY_SLICES]:
+            (small / f.name).write_bytes(f.read_bytes())
+        report["end_to_end"] = e2e = end_to_end(model, files)
+        report["cold_start_s"] = cli_start(model, small, tmp / "cold")
+        report["warm_start_s"] = cli_start(model, small, tmp / "warm")
+        cli_start(model, files[0].parent, tmp / "full")
+        report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        seed = seed_baseline(model, files)
+        if seed["available"]:
+            seed["speedup_of_ichrt"] = seed["seconds"] / e2e["seconds"]
+        report["seed_baseline"] = seed
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a small text table."""
+    e2e, seed = r["end_to_end"], r["seed_baseline"]
+    lat = r["latency_ms_per_slice"]
+    m = r["model"]
+    lines = [
+        (f"model: {m['name']} (sha256:{m['sha256'][:12]}) {m['arch']} {m['input_size']}px "
+         f"on {', '.join(m['providers'])}"),
+        "latency ms/slice: " + ", ".join(f"batch {b} {lat[b]:.2f}" for b in lat),
+        (f"end to end, {e2e['slices']}-slice study (files -> worklist): {e2e['seconds']:.3f} s; "
+         f"pure model {e2e['pure_model_seconds']:.3f} s; ratio {e2e['ratio']:.2f} "
+         "(goal <= 1.15)"),
+    ]
+    if seed["available"]:
+        lines.append(f"seed-style baseline: {seed['seconds']:.3f} s; ichrt is "
+                     f"{seed['speedup_of_ichrt']:.1f}x faster (goal >= 2)")
+    else:
+        lines.append(f"seed-style baseline: unavailable ({seed['reason']})")
+    lines.append(f"ichrt score start, {SMALL_STUDY_SLICES}-slice study: cold "
+                 f"{r['cold_start_s']:.2f} s, warm {r['warm_start_s']:.2f} s (goal <= 2)")
+    lines.append(f"peak RSS of ichrt score: {r['peak_rss_mb']:.0f} MB (goal <= 600)")
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ONNX model with an ichrt contract [default: the shipped model].")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_context
+def bench(ctx: click.Context, model: Path | None, as_json: bool) -> None:
+    """Measure latency (batch 1, 8, 32), end-to-end time against pure model time, the seed-style
+    baseline (when torch is installed), start time and peak memory on a phantom study.
+
+    Takes about a minute with the shipped model on a 2-core CPU; use an otherwise idle machine.
+
+    \b
+    Exit codes: 0 measured, 1 runtime error (e.g. the model cannot be loaded), 2 usage error.
+    """
+    try:
+        loaded = load_model(model)
+    except (ModelError, ContractError) as exc:
+        click.echo(f"ichrt bench: {exc}", err=True)
+        ctx.exit(EXIT_ERROR)
+    report = run_bench(loaded)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -1,0 +1,143 @@
+"""``ichrt score``: DICOM files in, prioritized worklist out (a thin wrapper over the scorer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
+from ichrt.runtime.contract import ContractError
+from ichrt.runtime.explain import ExplainError
+from ichrt.runtime.scorer import EXPLAIN_METHODS, Scorer, ScoreResult, write_result
+from ichrt.runtime.session import PROVIDERS, ModelError, ProviderUnavailable
+from ichrt.runtime.worklist import summary_table
+
+#: The ``--demo`` dataset: a few phantom studies, some with bleeds, from a seed used nowhere else.
+DEMO_STUDIES = 6
+DEMO_SEED = 90210
+DEMO_SLICES = (20, 24)
+DEMO_PREVALENCE = 0.5
+
+EPILOG = """\b
+Outputs in --out: worklist.csv and worklist.json (rank, StudyInstanceUID, AccessionNumber,
+slices, p(any) and p(subtype), flagged, key slice, arrival), slices.csv (every scored slice),
+rejected.csv (path, reason), explanations/ (heat maps of slices at the threshold).
+\b
+Order: flagged studies first by p(any), highest first; the others in arrival order
+(StudyDate/Time, else AcquisitionDate/Time, else file time). No study is ever dropped.
+\b
+Exit codes:
+  0  every input file was scored
+  1  runtime error (e.g. a model that cannot be loaded)
+  2  usage error (bad option, missing path, no input files, provider not installed,
+     explanation method unavailable: missing extra, checkpoint or CAM weights)
+  3  some inputs were rejected (see rejected.csv); results for the rest were written
+"""
+
+
+@click.command("score", epilog=EPILOG)
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (created if needed). Required unless --demo.")
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="ONNX model with an ichrt contract [default: the shipped model].")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Slices per inference call.")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+              help="ONNX Runtime execution provider; auto = TensorRT, CUDA, then CPU, "
+                   "whichever is installed (GPU ones need the 'gpu' extra).")
+@click.option("--threads", type=click.IntRange(1, 1024),
+              help="ONNX Runtime intra-op threads [default: physical cores].")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0),
+              help="p(any) at which a study is flagged [default: the model's calibrated one].")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the worklist as JSON on stdout instead of the table.")
+@click.option("--show-phi", is_flag=True,
+              help="Include PatientID in the outputs (patient names are never shown).")
+@click.option("--explain", type=click.Choice(EXPLAIN_METHODS), default="cam", show_default=True,
+              help="Heat maps for slices at the threshold: cam is free during scoring; "
+                   "gradcam/gradcampp need the 'explain' extra (torch); hshap is slower.")
+@click.option("--demo", is_flag=True,
+              help=f"Generate {DEMO_STUDIES} phantom studies (some with bleeds) in a temporary "
+                   "folder and score them; --out is then optional.")
+@click.pass_context
+def score(
+    ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, model: Path | None,
+    batch_size: int, provider: str, threads: int | None, threshold: float | None,
+    as_json: bool, show_phi: bool, explain: str, demo: bool,
+) -> None:
+    """Score head-CT DICOM files and folders (searched recursively) for hemorrhage.
+
+    Writes the worklist, suspected bleeds first, and prints a summary table (or JSON with
+    --json); progress and the model's name and hash go to stderr.
+    """
+    if demo == bool(paths):
+        raise click.UsageError("give PATH... to score, or --demo (not both)")
+    if out_dir is None and not demo:
+        raise click.UsageError("--out DIR is required")
+    try:
+        scorer = Scorer(model, provider=provider, threads=threads, batch_size=batch_size,
+                        threshold=threshold, explain=explain)
+    except (ProviderUnavailable, ExplainError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    except (ModelError, ContractError) as exc:
+        click.echo(f"ichrt score: {exc}", err=True)
+        ctx.exit(EXIT_ERROR)
+    click.echo(f"model: {scorer.model.display_name} on {', '.join(scorer.model.providers)}; "
+               f"threshold p(any) >= {scorer.threshold:.3f}", err=True)
+    if explain == "cam" and scorer.model.contract.cam_weights is None:
+        click.echo("warning: this model has no CAM weights; no heat maps will be written", err=True)
+    if demo:
+        with tempfile.TemporaryDirectory(prefix="ichrt-demo-") as tmp:
+            result = _run(scorer, [_write_demo(Path(tmp))])
+            _finish(ctx, scorer, result, out_dir, as_json, show_phi)
+    else:
+        result = _run(scorer, list(paths))
+        _finish(ctx, scorer, result, out_dir, as_json, show_phi)
+
+
+def _run(scorer: Scorer, paths: list[Path]) -> ScoreResult:
+    from tqdm import tqdm
+
+    with tqdm(unit="file", desc="scoring", file=sys.stderr, disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = scorer.score(paths, progress=progress)
+    if not result.n_inputs:
+        raise click.UsageError("no input files found under the given paths")
+    return result
+
+
+def _finish(ctx: click.Context, scorer: Scorer, result: ScoreResult, out_dir: Path | None,
+            as_json: bool, show_phi: bool) -> None:
+    """Write the files, print the summary, and exit with the documented code."""
+    if out_dir is not None:
+        document = write_result(result, out_dir, show_phi=show_phi, explainer=scorer.explainer)
+    else:
+        document = result.to_dict(show_phi)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(f"model: {result.model.display}")
+        click.echo(summary_table(result.studies, result.threshold, show_phi))
+        if result.rejected:
+            where = f" (see {document['outputs']['rejected.csv']})" if out_dir else ""
+            click.echo(f"{len(result.rejected)} of {result.n_inputs} input files rejected{where}")
+        if out_dir is not None:
+            click.echo(f"worklist written to {document['outputs']['worklist.csv']}")
+    ctx.exit(EXIT_REJECTED if result.rejected else EXIT_OK)
+
+
+def _write_demo(folder: Path) -> Path:
+    """Write the demo phantom studies (RSNA layout) into ``folder``; return the DICOM folder."""
+    from ichrt.runtime.synth import write_dataset
+
+    click.echo(f"demo: generating {DEMO_STUDIES} phantom studies (seed {DEMO_SEED})", err=True)
+    write_dataset(folder, studies=DEMO_STUDIES, seed=DEMO_SEED, slices=DEMO_SLICES,
+                  prevalence=DEMO_PREVALENCE)
+    return folder / "stage_2_train"

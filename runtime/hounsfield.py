@@ -1,0 +1,205 @@
+"""Stored pixel values -> Hounsfield units, one small NumPy function per quirk of real archives.
+
+Each fix is pure in the NumPy sense: it returns a new array unless ``out`` is given (pass the
+input itself as ``out`` to work in place, as :func:`stored_to_hu` does so that a slice costs one
+float32 allocation). pydicom's :func:`~pydicom.pixels.apply_modality_lut` is not used because it
+returns float64 and cannot cope with multi-valued or missing rescale attributes.
+
+Order of the fixes (see :func:`stored_to_hu`): stored values -> RSNA 12-bit unwrap -> MONOCHROME1
+inversion (only without a rescale) -> slope/intercept -> padding to air -> clamp.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: HU of air; padding outside the field of view becomes this.
+AIR_HU = -1000.0
+#: Nothing real is below air; anything at or below this after rescale is padding
+#: (scanners use -2000, -2048, -3024, -3072 or -32768 for pixels outside the reconstruction circle).
+PADDING_HU = -2000.0
+#: The sane HU range kept after the fixes: the classic 12-bit CT scale. Metal above 3071 HU is
+#: clipped (the widest window used, bone 600/2800, ends at 2000 HU).
+HU_MIN = -1024.0
+HU_MAX = 3071.0
+
+
+@dataclass(frozen=True)
+class HUParams:
+    """What a header says about turning its stored values into HU."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    #: False when the file carried neither RescaleSlope nor RescaleIntercept.
+    has_rescale: bool = True
+    bits_stored: int = 16
+    #: PixelRepresentation == 1.
+    signed: bool = True
+    monochrome1: bool = False
+    #: PixelPaddingValue and PixelPaddingRangeLimit, in stored values.
+    padding_value: int | None = None
+    padding_limit: int | None = None
+
+
+def _first_number(value: Any, name: str) -> float | None:
+    """The first value of a possibly multi-valued numeric element, or None when empty."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str):
+        value = value.split("\\")[0].strip() or None
+    elif isinstance(value, Sequence):
+        value = value[0] if len(value) else None
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} is not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is not finite: {value!r}")
+    return number
+
+
+def rescale_parameters(slope: Any, intercept: Any) -> tuple[float, float]:
+    """(slope, intercept) from RescaleSlope/RescaleIntercept values as files hold them.
+
+    Missing or empty values default to 1 and 0; multi-valued ones (seen in the wild as
+    ``-1024\\-1024``) use their first value. Raises ValueError for non-numbers and a zero slope,
+    which would erase the image.
+    """
+    m = _first_number(slope, "RescaleSlope")
+    b = _first_number(intercept, "RescaleIntercept")
+    m = 1.0 if m is None else m
+    if m == 0.0:
+        raise ValueError("RescaleSlope is 0")
+    return m, 0.0 if b is None else b
+
+
+def needs_rsna_unwrap(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
+    """True for the RSNA 2019 bad-rescale files.
+
+    These declare 12 unsigned bits and an intercept near 0 while holding HU as 12-bit two's
+    complement: air (-1000 HU) is stored as 3096. A genuine unsigned CT has an intercept near
+    -1024, hence the Kaggle test ``intercept > -100``.
+    """
+    return bits_stored == 12 and pixel_representation == 0 and intercept > -100
+
+
+def _output(
+    values: np.ndarray, out: np.ndarray | None, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """The array a fix writes to: a copy of ``values``, or ``out`` filled with them."""
+    if out is None:
+        return np.array(values, dtype=dtype or values.dtype, copy=True)
+    if out is not values:
+        np.copyto(out, values, casting="unsafe")
+    return out
+
+
+def unwrap_12bit(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Read 12-bit stored values as two's complement: ``x[x >= 2048] -= 4096``.
+
+    ``values`` must be a signed or float array (the result is negative). This is the sign
+    extension the header should have asked for; it equals the Kaggle fix (``x + 1000``, wrap at
+    4096, intercept -1000) for every HU >= -1000 and, unlike it, also keeps air noise below -1000
+    HU negative instead of turning it into +2048..+3095 HU bright speckles.
+    """
+    result = _output(values, out)
+    result[result >= 2048] -= 4096
+    return result
+
+
+def invert_monochrome1(
+    values: np.ndarray, bits_stored: int, signed: bool, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Mirror stored values within their range so that larger means denser (MONOCHROME2).
+
+    Unsigned: ``(2**bits - 1) - x``; signed: ``-1 - x``. Only for files without a rescale: with
+    one, the modality LUT already gives HU and MONOCHROME1 is a display instruction
+    (DICOM PS3.3 C.7.6.3.1.2).
+    """
+    result = _output(values, out)
+    top = -1 if signed else (1 << bits_stored) - 1
+    np.subtract(top, result, out=result)
+    return result
+
+
+def padding_mask(
+    stored: np.ndarray, value: int | None, limit: int | None = None
+) -> np.ndarray | None:
+    """Pixels equal to PixelPaddingValue, or within [value, limit] with PixelPaddingRangeLimit.
+
+    Compares stored values (before rescale), as the standard defines them. None without a value.
+    """
+    if value is None:
+        return None
+    if limit is None:
+        return stored == value
+    low, high = min(value, limit), max(value, limit)
+    return (stored >= low) & (stored <= high)
+
+
+def apply_rescale(
+    values: np.ndarray, slope: float, intercept: float, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``values * slope + intercept`` as float32 (in place when ``out`` is a float32 ``values``)."""
+    result = _output(values, out, np.dtype(np.float32))
+    if slope != 1.0:
+        result *= np.float32(slope)
+    if intercept != 0.0:
+        result += np.float32(intercept)
+    return result
+
+
+def pad_to_air(
+    hu: np.ndarray,
+    mask: np.ndarray | None = None,
+    threshold: float = PADDING_HU,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Set padding to air: ``mask`` pixels, pixels at or below ``threshold`` HU and NaNs."""
+    result = _output(hu, out)
+    below = ~(result > threshold)
+    if mask is not None:
+        below |= mask
+    result[below] = AIR_HU
+    return result
+
+
+def clamp_hu(
+    hu: np.ndarray, low: float = HU_MIN, high: float = HU_MAX, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Clip HU to [low, high]."""
+    result = _output(hu, out)
+    np.clip(result, low, high, out=result)
+    return result
+
+
+def stored_to_hu(stored: np.ndarray, params: HUParams) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decoded stored values -> (float32 HU, notes on the fixes applied), one allocation.
+
+    ``stored`` is what pydicom decoded (any integer or float dtype, unused high bits already
+    masked or sign-extended).
+    """
+    notes: list[str] = []
+    hu = stored.astype(np.float32)
+    if params.has_rescale and needs_rsna_unwrap(
+        params.bits_stored, int(params.signed), params.intercept
+    ):
+        unwrap_12bit(hu, out=hu)
+        notes.append("RSNA 12-bit unsigned/intercept quirk: stored values read as two's complement")
+    if params.monochrome1 and not params.has_rescale:
+        invert_monochrome1(hu, params.bits_stored, params.signed, out=hu)
+        notes.append("MONOCHROME1 without rescale: inverted")
+    if not params.has_rescale:
+        notes.append("no RescaleSlope/RescaleIntercept: stored values taken as HU")
+    mask = padding_mask(stored, params.padding_value, params.padding_limit)
+    apply_rescale(hu, params.slope, params.intercept, out=hu)
+    pad_to_air(hu, mask, out=hu)
+    clamp_hu(hu, out=hu)
+    return hu, tuple(notes)

@@ -1,0 +1,170 @@
+"""Files -> scored slices, with decoding, windowing and inference overlapped.
+
+Three stages run at once, joined by bounded queues so memory stays flat however many studies come:
+
+1. **decode**: :func:`ichrt.runtime.dicom.iter_read` reads files on a thread pool, in input
+   order, with a bounded number in flight.  A file that cannot be read becomes a
+   :class:`Rejected` with its reason and never stops the others; so does a second file with the
+   SOPInstanceUID of an earlier one (a copy would count twice in its study).
+2. **window** (calling thread): slices fill a batch, which the Numba kernel turns into the model
+   tensor (framed around the head when the contract says so); the HU pixels are then released.
+3. **infer**: one worker thread runs ONNX Runtime batch by batch (it releases the GIL, so decoding
+   goes on meanwhile); at most ``depth`` batches wait for it.
+
+What is kept per slice is small: identity, calibrated probabilities, the framing box, and - only
+for slices whose ``any`` probability reaches the threshold - the (h, w) class activation map.
+Results come back in input order, whatever the batch composition.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ichrt.runtime.aggregate import SliceScore, calibrate
+from ichrt.runtime.contract import ModelContract
+from ichrt.runtime.dicom import iter_read
+from ichrt.runtime.explain.cam import cam_maps
+from ichrt.runtime.framing import head_boxes
+from ichrt.runtime.session import LoadedModel
+from ichrt.runtime.slices import Rejected, Slice, SliceIdentity
+from ichrt.runtime.windowing import centred_boxes, window_batch
+
+#: ``progress(done, total)``: called as each input file is accounted for.
+Progress = Callable[[int, int], None]
+#: Inference batches allowed to wait for the inference thread.
+QUEUE_DEPTH = 2
+
+
+@dataclass
+class PipelineOutput:
+    """Every input file ends up in exactly one of the two lists (a slice or a rejection)."""
+
+    slices: list[SliceScore] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def window_slices(slices: Sequence[Slice], contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:
+    """The model tensor (N, C, S, S) of ``slices`` in their order, and the (N, 4) boxes used.
+
+    Slices of different sizes are windowed in one kernel call per size.
+    """
+    s = contract.input_size
+    tensor = np.empty((len(slices), contract.channels, s, s), np.float32)
+    boxes = np.empty((len(slices), 4), np.int64)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, item in enumerate(slices):
+        by_shape.setdefault(item.hu.shape, []).append(i)
+    start = 0
+    order = []
+    for shape, idx in by_shape.items():
+        hu = np.stack([slices[i].hu for i in idx])
+        if contract.framing == "head":
+            group_boxes = np.asarray(head_boxes(hu), np.int64)
+        else:
+            group_boxes = centred_boxes(len(idx), *shape).astype(np.int64)
+        stop = start + len(idx)
+        window_batch(hu, contract, boxes=group_boxes, out=tensor[start:stop])
+        boxes[start:stop] = group_boxes
+        order.extend(idx)
+        start = stop
+    restore = np.argsort(np.asarray(order))
+    if np.array_equal(restore, np.arange(len(slices))):
+        return tensor, boxes
+    return tensor[restore], boxes[restore]
+
+
+def infer_batch(
+    model: LoadedModel,
+    tensor: np.ndarray,
+    identities: list[SliceIdentity],
+    boxes: np.ndarray,
+    threshold: float,
+    keep_cam: bool,
+) -> list[SliceScore]:
+    """Run one batch and keep what the worklist needs (CAM only for slices at the threshold)."""
+    contract = model.contract
+    outputs = ("logits", "features") if keep_cam else ("logits",)
+    out = model.run(tensor, outputs)
+    probs = calibrate(out["logits"], contract)
+    cams: dict[int, np.ndarray] = {}
+    if keep_cam:
+        hot = np.flatnonzero(probs[:, contract.labels.index("any")] >= threshold)
+        if hot.size:
+            maps = cam_maps(out["features"][hot], contract, label="any")
+            cams = {int(i): np.array(m, np.float32) for i, m in zip(hot, maps)}
+    return [
+        SliceScore(identity=meta, probs=probs[i], box=tuple(int(v) for v in boxes[i]),
+                   cam=cams.get(i))
+        for i, meta in enumerate(identities)
+    ]
+
+
+def run_pipeline(
+    files: Sequence[Path],
+    model: LoadedModel,
+    batch_size: int = 16,
+    threshold: float = 0.5,
+    keep_cam: bool = True,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> PipelineOutput:
+    """Score ``files`` with ``model``; every file ends up scored or rejected.
+
+    Args:
+        batch_size: slices per inference call.
+        threshold: ``any`` probability at which a slice's CAM is kept.
+        keep_cam: compute CAM maps (needs ``cam_weights`` in the contract).
+        workers: decoding threads (default: :func:`ichrt.runtime.dicom.default_workers`).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keep_cam = keep_cam and model.contract.cam_weights is not None
+    result = PipelineOutput()
+    first_path: dict[str, str] = {}
+    total = len(files)
+    pending: deque[Future] = deque()
+
+    def collect(future: Future) -> None:
+        result.slices.extend(future.result())
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ichrt-infer") as infer_pool:
+        batch: list[Slice] = []
+
+        def flush() -> None:
+            tensor, boxes = window_slices(batch, model.contract)
+            meta = [item.identity for item in batch]
+            batch.clear()  # release the HU pixels before the next batch is decoded
+            while len(pending) >= QUEUE_DEPTH:
+                collect(pending.popleft())
+            pending.append(infer_pool.submit(
+                infer_batch, model, tensor, meta, boxes, threshold, keep_cam))
+
+        for done, item in enumerate(iter_read(files, workers), start=1):
+            if isinstance(item, Slice):
+                item = _unique(item, first_path)
+            if isinstance(item, Rejected):
+                result.rejected.append(item)
+            else:
+                batch.append(item)
+                if len(batch) >= batch_size:
+                    flush()
+            if progress is not None:
+                progress(done, total)
+        if batch:
+            flush()
+        while pending:
+            collect(pending.popleft())
+    return result
+
+
+def _unique(item: Slice, first_path: dict[str, str]) -> Slice | Rejected:
+    """``item``, or a rejection when an earlier file had the same SOPInstanceUID."""
+    first = first_path.setdefault(item.identity.sop_uid, item.identity.path)
+    if first == item.identity.path:
+        return item
+    return Rejected.of(item.identity.path, f"duplicate SOPInstanceUID (same as {first})")

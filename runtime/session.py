@@ -1,0 +1,229 @@
+"""Load an ichrt ONNX model into an ONNX Runtime session, with its preprocessing contract.
+
+The contract in the model's metadata drives preprocessing; a model without a valid contract, or
+whose inputs and outputs do not follow the ichrt convention (input ``image``; outputs ``probs``,
+``logits``, ``features``), is refused with an error naming the file.
+
+Session settings are chosen for a shared edge box: full graph optimization, intra-op threads =
+physical cores (hyper-threads only add contention for convolutions), one inter-op thread, and no
+busy spinning so that idle ORT threads do not burn the CPU that decoding and other processes need.
+On CUDA/TensorRT, inputs and outputs go through IO binding so ORT copies each batch once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from ichrt.runtime.contract import ContractError, ModelContract
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("probs", "logits", "features")
+
+#: ``--provider`` value -> ONNX Runtime execution providers, best first (CPU always last).
+PROVIDER_CHAINS: dict[str, tuple[str, ...]] = {
+    "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+    "cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),
+    "cpu": ("CPUExecutionProvider",),
+}
+PROVIDERS = ("auto", *PROVIDER_CHAINS)
+_GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
+#: Where the shipped model lives (package data).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+
+
+class ModelError(RuntimeError):
+    """A model file that cannot be used (missing, unreadable, or not an ichrt model)."""
+
+
+class ProviderUnavailable(ModelError):
+    """The execution provider asked for is not in this onnxruntime install (a usage error)."""
+
+
+@dataclass
+class LoadedModel:
+    """An ONNX Runtime session with the contract and identity of the model file it came from."""
+
+    session: ort.InferenceSession
+    contract: ModelContract
+    path: Path
+    sha256: str
+    providers: list[str] = field(default_factory=list)
+
+    @property
+    def short_hash(self) -> str:
+        """The first 12 hex digits of the file's SHA-256, for printing."""
+        return self.sha256[:12]
+
+    @property
+    def display_name(self) -> str:
+        """``name (sha256:abcdef012345)`` for logs and the terminal summary."""
+        return f"{self.contract.name} (sha256:{self.short_hash})"
+
+    @property
+    def on_gpu(self) -> bool:
+        return bool(self.providers) and self.providers[0] in _GPU_PROVIDERS
+
+    def run(
+        self, batch: np.ndarray, outputs: tuple[str, ...] = OUTPUT_NAMES
+    ) -> dict[str, np.ndarray]:
+        """Run one batch (N, C, S, S) float32; returns the requested outputs by name."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if not self.on_gpu:
+            return dict(zip(outputs, self.session.run(list(outputs), {INPUT_NAME: batch})))
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(INPUT_NAME, batch)
+        for name in outputs:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(outputs, binding.copy_outputs_to_cpu()))
+
+
+def default_model_path() -> Path:
+    """The model shipped as package data (``ichrt/runtime/models/default.onnx``).
+
+    Raises:
+        ModelError: when the package was installed without it.
+    """
+    if not DEFAULT_MODEL.is_file():
+        raise ModelError(
+            f"the default model is missing from the installation ({DEFAULT_MODEL}); "
+            "pass --model PATH or reinstall ichrt"
+        )
+    return DEFAULT_MODEL
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads counted once; affinity respected)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable or 1
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return usable
+    cores, physical = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical = value.strip()
+        elif key == "core id":
+            cores.add((physical, value.strip()))
+    return max(1, min(usable, len(cores) or usable))
+
+
+def resolve_providers(provider: str = "auto") -> list[str]:
+    """The execution providers to ask ONNX Runtime for, best first.
+
+    ``auto`` picks TensorRT, then CUDA, then CPU among those installed (onnxruntime-gpu provides
+    the GPU ones).  A named provider that is not installed is an error, not a silent fallback.
+    """
+    available = set(ort.get_available_providers())
+    if provider == "auto":
+        return [p for p in PROVIDER_CHAINS["tensorrt"] if p in available]
+    if provider not in PROVIDER_CHAINS:
+        raise ProviderUnavailable(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    chain = PROVIDER_CHAINS[provider]
+    if chain[0] not in available:
+        raise ProviderUnavailable(
+            f"provider {provider!r} needs {chain[0]}, which this onnxruntime does not have "
+            f"(available: {', '.join(sorted(available))}); install the 'gpu' extra "
+            "(onnxruntime-gpu replaces onnxruntime)"
+        )
+    return [p for p in chain if p in available]
+
+
+def session_options(threads: int | None = None, spinning: bool = False) -> ort.SessionOptions:
+    """Options for a shared edge box (see the module docstring)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    return opts
+
+
+def load_model(
+    path: str | Path | None = None,
+    provider: str = "auto",
+    threads: int | None = None,
+    spinning: bool = False,
+) -> LoadedModel:
+    """Load an ichrt model (the shipped default when ``path`` is None).
+
+    Raises:
+        ModelError: the file is missing, not an ONNX model, or breaks the I/O convention.
+        ContractError: its preprocessing contract is missing or invalid (names the file).
+    """
+    path = Path(path) if path is not None else default_model_path()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file: {exc.strerror or exc}") from exc
+    providers = resolve_providers(provider)
+    try:
+        session = ort.InferenceSession(
+            data, sess_options=session_options(threads, spinning), providers=providers
+        )
+    except Exception as exc:  # ORT raises its own (non-public) exception types for bad files
+        raise ModelError(f"{path}: not a usable ONNX model: {exc}") from exc
+    contract = ModelContract.from_metadata(
+        session.get_modelmeta().custom_metadata_map, source=str(path)
+    )
+    check_io(session, contract, path)
+    return LoadedModel(
+        session=session,
+        contract=contract,
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        providers=list(session.get_providers()),
+    )
+
+
+def check_io(session: ort.InferenceSession, contract: ModelContract, path: Path) -> None:
+    """Refuse a model whose inputs/outputs do not follow the ichrt convention or its contract."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    problems = []
+    if list(inputs) != [INPUT_NAME]:
+        problems.append(f"expected one input named {INPUT_NAME!r}, found {sorted(inputs)}")
+    else:
+        shape = inputs[INPUT_NAME].shape
+        expected = (contract.channels, contract.input_size, contract.input_size)
+        if len(shape) != 4:
+            problems.append(f"input {INPUT_NAME!r} must be 4-D (N, C, S, S), found {shape}")
+        elif any(isinstance(d, int) and d != e for d, e in zip(shape[1:], expected)):
+            problems.append(f"input shape {shape} does not match the contract (N, *{expected})")
+    missing = [name for name in OUTPUT_NAMES if name not in outputs]
+    if missing:
+        problems.append(f"missing outputs {missing} (found {sorted(outputs)})")
+    else:
+        n_labels = outputs["probs"].shape[-1]
+        if isinstance(n_labels, int) and n_labels != len(contract.labels):
+            problems.append(f"'probs' has {n_labels} labels, the contract {len(contract.labels)}")
+        shape = outputs["features"].shape
+        n_feat = shape[1] if len(shape) == 4 else None
+        n_cam = len(contract.cam_weights[0]) if contract.cam_weights is not None else n_feat
+        if isinstance(n_feat, int) and n_feat != n_cam:
+            problems.append(f"'features' has {n_feat} channels, cam_weights {n_cam}")
+    if problems:
+        raise ModelError(f"{path}: not an ichrt model: " + "; ".join(problems))
+
+
+__all__ = [
+    "ContractError",
+    "LoadedModel",
+    "ModelError",
+    "ProviderUnavailable",
+    "default_model_path",
+    "load_model",
+    "physical_cores",
+    "resolve_providers",
+    "session_options",
+]

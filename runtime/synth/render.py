@@ -1,0 +1,642 @@
+"""Rasterize one axial slice of a phantom head: clean HU, tissue classes and lesion masks.
+
+The head is a procedural 3-D model in a head frame (mm; x to the image's right, y anterior,
+z superior, origin in the middle of the cranial cavity) evaluated pixel by pixel in one Numba
+kernel, so that consecutive slices cut one consistent anatomy and a lesion spans consecutive
+slices. Per-study numbers travel in a NumPy record (:data:`HEAD_DTYPE`), lesions in an array of
+:data:`LESION_DTYPE` records, smooth random fields in periodic texture tables.
+
+All pixel code lives in this one module on purpose: Numba's on-disk cache checks only the source
+file of a cached function, so helpers spread over several files could go stale silently.
+
+Tissue classes (:data:`TISSUES`) are returned beside the HU so that tests can check HU ranges per
+tissue and the lesion masks (one bit per subtype, LABELS[1:] order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+
+#: Tissue class codes of the label map.
+TISSUES: dict[str, int] = {
+    "air": 0, "fat": 1, "soft": 2, "bone": 3, "csf": 4, "gray": 5, "white": 6, "deep_gray": 7,
+    "dura": 8, "calcification": 9, "eye": 10, "lens": 11, "holder": 12, "blood": 13,
+    "edema": 14, "ventricle": 15,
+}
+T_AIR, T_FAT, T_SOFT, T_BONE, T_CSF, T_GM, T_WM, T_DEEP = 0, 1, 2, 3, 4, 5, 6, 7
+T_DURA, T_CALC, T_EYE, T_LENS, T_HOLDER, T_BLOOD, T_EDEMA, T_VENT = 8, 9, 10, 11, 12, 13, 14, 15
+
+#: Lesion kinds, in LABELS[1:] order; lesion bit = 1 << kind.
+EPIDURAL, INTRAPARENCHYMAL, INTRAVENTRICULAR, SUBARACHNOID, SUBDURAL = 0, 1, 2, 3, 4
+
+_HEAD_FIELDS = (
+    # pose: head centre in scanner mm and the scanner -> head rotation (row major)
+    "cx", "cy", "cz", "m00", "m01", "m02", "m10", "m11", "m12", "m20", "m21", "m22",
+    # cranial cavity (inner table) semi-axes, decay below the origin, AP centre drift with height
+    "A", "B", "C", "D", "yc0", "yc1",
+    # skull (outer table = cavity + thickness) and scalp (outer surface = skull + thickness)
+    "t_lat", "t_ap", "t_top", "s_lat", "s_ap", "s_top", "temporalis", "fat_frac",
+    "frontal_sinus", "fs_z",
+    # skull base and posterior fossa
+    "z_af", "z_mf", "z_pf", "y_sph", "y_pet", "k_pet", "z_pc", "t_base", "z_sella", "y_ds",
+    "z_ta", "y_ta", "z_tb", "fm_r", "cm_size",
+    # face, orbits and sinuses
+    "face_top", "oy", "ox", "oz", "globe_r", "sphenoid", "maxillary",
+    # brain
+    "csf_t", "gm_t", "sul_P", "sul_W", "sul_D", "sul_w", "ih_w", "xm0", "xm1", "z_cc",
+    "x_ins", "y_syl", "w_syl", "folia_P", "bs_scale",
+    "mls", "mls_y", "mls_z", "w3", "vent4",
+    # densities (HU)
+    "hu_gm", "hu_wm", "hu_deep", "hu_csf", "hu_table", "hu_diploe", "hu_scalp", "hu_fat",
+    "hu_muscle", "hu_dura", "hu_eye", "hu_lens", "hu_holder", "hu_cb", "hu_bs", "tex_amp",
+    # head holder (scanner frame)
+    "hold_x", "hold_y", "hold_r", "hold_t", "hold_cos",
+)
+#: Per-study numbers of the rasterizer (one record per study).
+HEAD_DTYPE = np.dtype([(name, np.float64) for name in _HEAD_FIELDS])
+
+_LESION_FIELDS = (
+    "kind", "cx", "cy", "cz",  # centre (head frame)
+    "ux", "uy",  # direction of an extra-axial lesion from the cavity centre (unit, xy)
+    "half_arc", "z_half", "thick", "profile",  # extent along the inner table, max thickness
+    "rx", "ry", "rz", "irregular",  # blob / envelope radii and boundary irregularity
+    "hu", "hu_var", "rim", "rim_hu",  # densities, edema rim width (mm)
+    "level", "cast", "tex_u", "tex_v",  # IVH fluid level (scanner Y, mm), cast (fill), texture offset
+)
+#: One record per lesion.
+LESION_DTYPE = np.dtype([(name, np.float64) for name in _LESION_FIELDS])
+
+#: Texture tables: (N_TEXTURES, TEX, TEX) zero-mean unit-variance periodic noise.
+TEX = 256
+TEX_SMOOTH, TEX_MEDIUM, TEX_FINE, TEX_COARSE = 0, 1, 2, 3
+N_TEXTURES = 4
+
+_jit = nb.njit(cache=True, fastmath=True, nogil=True)
+
+
+@_jit
+def _tex(tex, k, u, v):  # noqa: ANN001, ANN202 - Numba helper
+    """Bilinear periodic lookup of texture ``k`` at texel coordinates (u, v)."""
+    fu = math.floor(u)
+    fv = math.floor(v)
+    au = u - fu
+    av = v - fv
+    iu = int(fu) & (TEX - 1)
+    iv = int(fv) & (TEX - 1)
+    iu1 = (iu + 1) & (TEX - 1)
+    iv1 = (iv + 1) & (TEX - 1)
+    top = tex[k, iu, iv] * (1.0 - av) + tex[k, iu, iv1] * av
+    bottom = tex[k, iu1, iv] * (1.0 - av) + tex[k, iu1, iv1] * av
+    return top * (1.0 - au) + bottom * au
+
+
+@_jit
+def _clip1(v):  # noqa: ANN001, ANN202 - Numba helper
+    """Clip a unit-variance texture value to [-1, 1] (at 2 sigma)."""
+    v = 0.5 * v
+    return -1.0 if v < -1.0 else (1.0 if v > 1.0 else v)
+
+
+@_jit
+def _sig(t):  # noqa: ANN001, ANN202 - Numba helper
+    return 1.0 / (1.0 + math.exp(-t))
+
+
+@_jit
+def _shrink(z, top, bottom):  # noqa: ANN001, ANN202 - Numba helper
+    """Cross-section factor of an egg-shaped layer at height z (1 at z = 0, 0 at its ends)."""
+    q = z / top if z > 0.0 else z / bottom
+    q = 1.0 - q * q
+    return math.sqrt(q) if q > 0.0 else 0.0
+
+
+@_jit
+def _fourier(coef, row, zn, c, s):  # noqa: ANN001, ANN202 - Numba helper
+    """sum_k (a_k + b_k zn) cos(k theta) + (c_k + d_k zn) sin(k theta) from cos/sin of theta."""
+    ck, sk = c, s
+    total = 0.0
+    for k in range(4):
+        total += (coef[row, 2 * k] + coef[row + 1, 2 * k] * zn) * ck
+        total += (coef[row, 2 * k + 1] + coef[row + 1, 2 * k + 1] * zn) * sk
+        ck, sk = ck * c - sk * s, sk * c + ck * s
+    return total
+
+
+@_jit
+def _floor_z(h, x, y):  # noqa: ANN001, ANN202 - Numba helper
+    """Height of the cranial floor under (x, y): anterior, middle and posterior fossae."""
+    ax = abs(x)
+    wa = _sig((y - (h.y_sph + 0.12 * ax)) / 2.0)
+    dp = y - (h.y_pet - h.k_pet * ax)
+    wp = _sig(-dp / 2.0)
+    z_af = h.z_af - 7.0 * math.exp(-(x / 6.0) ** 2) + 5.0 * math.exp(-((ax - 24.0) / 11.0) ** 2)
+    z_mf = h.z_mf + 14.0 * math.exp(-(ax / 16.0) ** 2)
+    y_fm = _brainstem_y(h, h.z_pf)
+    z_pf = h.z_pf + 24.0 * ((x / 46.0) ** 2 + ((y - y_fm) / 46.0) ** 2)
+    floor = wa * z_af + (1.0 - wa) * (wp * z_pf + (1.0 - wp) * z_mf)
+    # petrous ridges: raised crests along the middle / posterior fossa border
+    lateral = _sig((ax - 12.0) / 2.0) * _sig((58.0 - ax) / 3.0)
+    crest = h.z_pc - 0.09 * dp * dp - 0.06 * ax
+    if lateral > 0.05:
+        floor = max(floor, crest - 60.0 * (1.0 - lateral))
+    # sphenoid body, dorsum sellae and clivus in the midline
+    if ax < 16.0 and wa < 0.9:
+        mid = math.exp(-(x / 9.0) ** 2)
+        if y > h.y_ds:
+            clivus = h.z_sella - 6.0 * math.exp(-((y - h.y_ds - 7.0) / 4.5) ** 2)
+        else:
+            clivus = h.z_sella - 2.0 * (h.y_ds - y)
+        floor = max(floor, clivus - 40.0 * (1.0 - mid))
+    # foramen magnum: the cavity continues down the spinal canal
+    if x * x + (y - y_fm) ** 2 < h.fm_r * h.fm_r:
+        floor = min(floor, -1.0e9)
+    return floor
+
+
+@_jit
+def _tent_z(h, x, y):  # noqa: ANN001, ANN202 - Numba helper
+    """Height of the tentorium over (x, y) (apex at the incisura, sloping down to its rim)."""
+    q = math.sqrt((x / 50.0) ** 2 + ((y - h.y_ta) / (h.B - 6.0 + h.y_ta)) ** 2)
+    q = min(q, 1.3)
+    return h.z_ta - (h.z_ta - h.z_tb) * q
+
+
+@_jit
+def _brainstem_y(h, z):  # noqa: ANN001, ANN202 - Numba helper
+    """AP centre of the brainstem at height z: behind the clivus, below the midbrain."""
+    yc = h.y_ds - 3.0 - 12.0 * h.bs_scale
+    if z < h.z_sella:
+        yc -= (h.z_sella - z) / 2.0
+    return yc
+
+
+@_jit
+def _brainstem_r(h, z):  # noqa: ANN001, ANN202 - Numba helper
+    """(rx, ry) of the brainstem at height z: medulla, pons, midbrain."""
+    s = h.bs_scale
+    if z < h.z_pf + 12.0:
+        return 8.5 * s, 7.5 * s
+    if z < h.z_sella - 2.0:
+        t = min(1.0, (z - h.z_pf - 12.0) / 6.0)
+        return (8.5 + 6.5 * t) * s, (7.5 + 4.5 * t) * s
+    return 13.0 * s, 11.0 * s
+
+
+@_jit
+def _segment_inside(px, py, pz, seg):  # noqa: ANN001, ANN202 - Numba helper
+    """Is the point inside the tapered capsule (x0, y0, z0, r0, x1, y1, z1, r1)?"""
+    ax, ay, az, r0 = seg[0], seg[1], seg[2], seg[3]
+    bx, by, bz, r1 = seg[4], seg[5], seg[6], seg[7]
+    dx, dy, dz = bx - ax, by - ay, bz - az
+    ll = dx * dx + dy * dy + dz * dz
+    t = ((px - ax) * dx + (py - ay) * dy + (pz - az) * dz) / ll
+    t = 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
+    qx = px - ax - t * dx
+    qy = py - ay - t * dy
+    qz = pz - az - t * dz
+    r = r0 + t * (r1 - r0)
+    return qx * qx + qy * qy + qz * qz < r * r
+
+
+@_jit
+def _ellipsoid_q(px, py, pz, e):  # noqa: ANN001, ANN202 - Numba helper
+    """Normalized squared radius of a point in the axis-aligned ellipsoid (cx, cy, cz, rx, ry, rz)."""
+    return ((px - e[0]) / e[3]) ** 2 + ((py - e[1]) / e[4]) ** 2 + ((pz - e[2]) / e[5]) ** 2
+
+
+@_jit
+def _cortex(h, tex, d, s_coord, z):  # noqa: ANN001, ANN202 - Numba helper
+    """Tissue at depth d (mm) below the brain surface with surface coordinate s: CSF/GM/WM."""
+    if d < 0.0:
+        return T_CSF
+    warp = h.sul_W * _tex(tex, TEX_SMOOTH, s_coord * 0.09, z * 0.11)
+    bend = 0.35 * d * _tex(tex, TEX_MEDIUM, s_coord * 0.05 + 40.0, z * 0.07)
+    phase = (s_coord + warp + bend) / h.sul_P
+    k = math.floor(phase + 0.5)
+    dist = abs(phase - k) * h.sul_P
+    depth = h.sul_D * (0.3 + 0.7 * _sig(2.5 * _tex(tex, TEX_SMOOTH, k * 7.31, z * 0.05 + 90.0)))
+    if d < depth:
+        width = h.sul_w * math.sqrt(1.0 - d / depth) + 0.15
+        if dist < width:
+            return T_CSF
+        if dist < width + h.gm_t:
+            return T_GM
+    if d < h.gm_t or (d < depth + h.gm_t and dist < 0.15 + h.gm_t):
+        return T_GM
+    return T_WM
+
+
+@_jit
+def _extra_axial(h, les, nles, c, s, r_in, d_in, z):  # noqa: ANN001, ANN202 - Numba helper
+    """(index of the EDH/SDH holding the pixel or -1, thickness pushing the brain in)."""
+    hit = -1
+    push = 0.0
+    for m in range(nles):
+        kind = int(les[m].kind)
+        if kind != EPIDURAL and kind != SUBDURAL:
+            continue
+        dot = c * les[m].ux + s * les[m].uy
+        if dot < 0.0:
+            continue
+        cross = c * les[m].uy - s * les[m].ux
+        arc = math.atan2(cross, dot) * r_in
+        u2 = (arc / les[m].half_arc) ** 2 + ((z - les[m].cz) / les[m].z_half) ** 2
+        if u2 >= 1.0:
+            continue
+        thick = les[m].thick * (1.0 - u2) ** les[m].profile
+        if thick > push:
+            push = thick
+        if d_in < thick:
+            hit = m
+    return hit, push
+
+
+@_jit
+def _blob_q(les, tex, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
+    """Irregular normalized radius of a blob lesion (1 on its boundary)."""
+    lx = (x - les.cx) / les.rx
+    ly = (y - les.cy) / les.ry
+    lz = (z - les.cz) / les.rz
+    q = math.sqrt(lx * lx + ly * ly + lz * lz)
+    if q > 2.2:
+        return q
+    wob = _tex(tex, TEX_MEDIUM, les.tex_u + 9.0 * lx + 4.0 * lz, les.tex_v + 9.0 * ly - 3.0 * lz)
+    return q * (1.0 + les.irregular * 0.5 * wob)
+
+
+@_jit
+def _blood_hu(les, tex, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
+    return les.hu + les.hu_var * _clip1(_tex(tex, TEX_FINE, les.tex_u + x * 0.6, les.tex_v + y * 0.6 + z))
+
+
+@_jit
+def _deep(h, tex, vseg, deep, xd, y, z, tissue):  # noqa: ANN001, ANN202 - Numba helper
+    """Ventricles, deep gray nuclei and calcifications (priority over cortex / white matter)."""
+    for e in range(deep.shape[0]):
+        if deep[e, 6] == T_CALC and _ellipsoid_q(xd, y, z, deep[e]) < 1.0:
+            return T_CALC
+    ax = abs(xd)
+    # septum pellucidum between the frontal horns
+    if ax > 0.9:
+        for g in range(vseg.shape[0]):
+            if _segment_inside(xd, y, z, vseg[g]):
+                return T_VENT
+    # third ventricle: a midline slit
+    if ax < h.w3 and -20.0 < y < 10.0 and ((y + 5.0) / 15.0) ** 2 + ((z + 4.0) / 11.0) ** 2 < 1.0:
+        return T_VENT
+    for e in range(deep.shape[0]):
+        if deep[e, 6] == T_DEEP and _ellipsoid_q(xd, y, z, deep[e]) < 1.0:
+            return T_DEEP
+    return tissue
+
+
+@_jit
+def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):  # noqa: ANN001, ANN202 - Numba helper
+    """Brainstem, cisterns, fourth ventricle and cerebellum below the tentorium."""
+    yb = _brainstem_y(h, z)
+    rx, ry = _brainstem_r(h, z)
+    q = (x / rx) ** 2 + ((y - yb) / ry) ** 2
+    if q < 1.0:
+        return T_WM if z < h.z_sella + 2.0 else T_DEEP
+    cistern = 1.0 + (3.0 + 2.0 * h.csf_t) / rx
+    if q < cistern * cistern and (y > yb - 0.4 * ry or z > h.z_sella - 6.0):
+        return T_CSF
+    # fourth ventricle behind the pons / medulla
+    if h.z_pf + 8.0 < z < h.z_sella - 4.0:
+        v4 = (x / (5.0 * h.vent4)) ** 2 + ((y - (yb - ry - 4.0)) / (3.5 * h.vent4)) ** 2
+        if v4 < 1.0:
+            return T_VENT
+    # cisterna magna
+    y_fm = _brainstem_y(h, h.z_pf)
+    cm = (x / (11.0 * h.cm_size)) ** 2 + ((y - y_fm + 30.0) / (13.0 * h.cm_size)) ** 2
+    if cm + ((z - h.z_pf - 4.0) / (9.0 * h.cm_size)) ** 2 < 1.0:
+        return T_CSF
+    d = min(dc, tent - z - 0.8, z - floor - 1.0)
+    if d < 0.0:
+        return T_CSF
+    # folia: concentric thin fissures around the fourth ventricle
+    ry0 = y - (yb - 10.0)
+    rho = math.sqrt(x * x + ry0 * ry0 + 0.3 * z * z)
+    phase = (rho + 2.0 * _tex(tex, TEX_MEDIUM, x * 0.15, y * 0.15 + z * 0.2)) / h.folia_P
+    frac = abs(phase - math.floor(phase + 0.5))
+    if d < 9.0 and frac < 0.09:
+        return T_CSF
+    if d > 12.0 and abs(x) > 7.0:
+        return T_WM
+    return T_GM
+
+
+@_jit
+def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_in, floor):  # noqa: ANN001, ANN202, E501
+    """(tissue, lesion bits, lesion index) of a pixel inside the cranial cavity."""
+    hit, push = _extra_axial(h, les, nles, c, s, r_in, d_in, z)
+    if hit >= 0:
+        return T_BLOOD, 1 << int(les[hit].kind), hit
+    # convexity depth below the cortex surface (extra-axial CSF first)
+    csf_t = h.csf_t * (1.0 - min(1.0, push / 3.0))
+    dc = d_in - push * 0.85 - csf_t
+    ax = abs(x)
+    dp = y - (h.y_pet - h.k_pet * ax)
+    tent = _tent_z(h, x, y)
+    if dp < 0.0 and z < tent:
+        if z > tent - 0.7:
+            return T_DURA, 0, -1
+        return _posterior_fossa(h, tex, x, y, z, dc, floor, tent), 0, -1
+    # midline shift (mass effect) moves the deep structures and the lower falx
+    xd = x - h.mls * math.exp(-((y - h.mls_y) ** 2 + (z - h.mls_z) ** 2) / 3200.0)
+    # falx and interhemispheric fissure
+    xm = h.xm0 + h.xm1 * y
+    z_falx = h.z_cc - 1.3 * max(0.0, abs(y - 2.0) - 38.0)
+    falx = z > z_falx
+    if not falx:
+        xm = xd - x + xm
+    dm = abs(x - xm)
+    if falx and dm < 0.45:
+        return T_DURA, 0, -1
+    # surfaces: convexity, cranial floor / tentorium, medial
+    d = dc
+    s_coord = math.atan2(x, yr) * (h.A + h.B) * 0.5
+    d_floor = (z - floor) * 0.9 - 1.0
+    if dp < 6.0:
+        d_floor = min(d_floor, (z - tent) * 0.9 - 1.0)
+    if d_floor < d:
+        d = d_floor
+        s_coord = 0.8 * x + 0.6 * y
+    if falx:
+        d_med = dm - h.ih_w
+        if d_med < d:
+            d = d_med
+            s_coord = y + 0.5 * z
+    tissue = _cortex(h, tex, d, s_coord, z)
+    # sylvian fissure and insula
+    if -32.0 < z < 12.0 and tissue != T_CSF:
+        x_min = h.x_ins if z > -16.0 else 16.0
+        if ax > x_min - h.gm_t:
+            y_syl = h.y_syl + 0.3 * (ax - h.x_ins) - 0.15 * z
+            dy = abs(y - y_syl)
+            if ax > x_min and dy < h.w_syl:
+                tissue = T_CSF
+            elif ax > x_min and dy < h.w_syl + h.gm_t:
+                tissue = T_GM
+            elif z > -16.0 and abs(y - h.y_syl - 3.0) < 20.0 and ax < h.x_ins + 1.5:
+                tissue = T_CSF if ax > h.x_ins else T_GM
+    # suprasellar cistern
+    if h.z_sella < z < h.z_sella + 14.0:
+        q = (xd / 13.0) ** 2 + ((y - h.y_ds - 10.0) / 10.0) ** 2
+        if q < 1.0:
+            tissue = T_DURA if abs(y - h.y_ds - 14.0) < 1.2 and abs(xd) < 7.0 else T_CSF
+    # deep structures
+    if -38.0 < z < 48.0 and abs(xd) < 42.0 and -68.0 < y < 50.0 and tissue != T_DURA:
+        tissue = _deep(h, tex, vseg, deep, xd, y, z, tissue)
+    # midbrain column above the tentorial incisura
+    if h.z_sella - 2.0 < z < h.z_ta + 4.0:
+        yb = _brainstem_y(h, z)
+        rx, ry = _brainstem_r(h, z)
+        q = (xd / rx) ** 2 + ((y - yb) / ry) ** 2
+        if q < 1.0:
+            tissue = T_DEEP
+        elif q < (1.0 + 4.0 / rx) ** 2:
+            tissue = T_CSF
+    return tissue, 0, -1
+
+
+@_jit
+def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
+    """Bone, sinuses, orbits and deep soft tissue below the cranial floor."""
+    ax = abs(x)
+    depth = floor - z
+    # orbits: globe, lens, optic nerve and fat in a bony cone
+    ex = ax - h.ox
+    ey = y - h.oy
+    ez = z - h.oz
+    g = ex * ex + ey * ey + ez * ez
+    if g < h.globe_r * h.globe_r:
+        lens = (ex / 4.5) ** 2 + ((ey - 0.78 * h.globe_r) / 1.8) ** 2 + (ez / 4.5) ** 2
+        return T_LENS if lens < 1.0 else T_EYE
+    if ey < 0.0 and ey > -40.0:
+        t = 1.0 + ey / 40.0
+        axis_x = 12.0 + (h.ox - 12.0) * t
+        axis_z = h.oz + 3.0 * (1.0 - t)
+        rr = math.sqrt((ax - axis_x) ** 2 + (z - axis_z) ** 2)
+        rad = 5.0 + (h.globe_r + 2.0) * t
+        if rr < rad:
+            return T_SOFT if rr < 2.2 else T_FAT
+        if rr < rad + 1.8:
+            return T_BONE
+    elif 0.0 <= ey < h.globe_r and math.sqrt(ex * ex + ez * ez) < h.globe_r + 4.0:
+        return T_FAT
+    honey = _tex(tex, TEX_FINE, x * 0.9, y * 0.9 + z * 0.6)
+    # sphenoid sinus under the sella
+    q = (x / (13.0 * h.sphenoid)) ** 2 + ((y - h.y_ds - 14.0) / (11.0 * h.sphenoid)) ** 2
+    q += ((z - h.z_sella + 16.0) / (10.0 * h.sphenoid)) ** 2
+    if q < 1.0:
+        return T_BONE if q > 0.82 or ax < 0.8 else T_AIR
+    # ethmoid cells between the orbits
+    if ax < 11.0 and h.oy - 32.0 < y < h.oy + 4.0 and h.z_af - 30.0 < z < h.z_af - 3.0:
+        return T_AIR if honey > -0.3 else T_BONE
+    # maxillary sinuses and nasal cavity
+    q = ((ax - 24.0) / (12.0 * h.maxillary)) ** 2 + ((y - h.oy + 6.0) / (15.0 * h.maxillary)) ** 2
+    q += ((z - h.oz + 30.0) / (17.0 * h.maxillary)) ** 2
+    if q < 1.0:
+        return T_BONE if q > 0.85 else T_AIR
+    if ax < 13.0 and h.oy - 40.0 < y < h.oy + 22.0 and z < h.oz - 6.0:
+        if ax < 1.0:
+            return T_BONE
+        turbinate = abs(ax - 7.0) < 2.5 and _tex(tex, TEX_MEDIUM, y * 0.3, z * 0.8) > 0.0
+        return T_SOFT if turbinate else T_AIR
+    # nasopharynx
+    q = (x / 11.0) ** 2 + ((y - h.oy + 48.0) / 8.0) ** 2 + ((z - h.oz + 34.0) / 14.0) ** 2
+    if q < 1.0:
+        return T_AIR
+    # mastoid air cells lateral to the petrous bone
+    q = ((ax - 0.82 * h.A) / 9.0) ** 2 + ((y - h.y_pet + h.k_pet * 50.0 + 6.0) / 13.0) ** 2
+    q += ((z - h.z_pc + 12.0) / 12.0) ** 2
+    if q < 1.0:
+        return T_AIR if honey > 0.1 else T_BONE
+    if depth < h.t_base:
+        return T_BONE
+    dp = y - (h.y_pet - h.k_pet * ax)
+    if 12.0 < ax < 56.0 and abs(dp) < 9.0 and depth < 22.0:
+        return T_BONE
+    return T_FAT if _tex(tex, TEX_MEDIUM, x * 0.2 + 70.0, y * 0.2 + z * 0.2) > 1.1 else T_SOFT
+
+
+@_jit
+def _tissue_hu(h, tex, tissue, x, y, z, bone_frac):  # noqa: ANN001, ANN202 - Numba helper
+    """Clean HU of a tissue class at a head-frame point (texture modulated, within its range)."""
+    smooth = _clip1(_tex(tex, TEX_COARSE, x * 0.35, y * 0.35 + z * 0.13))
+    if tissue == T_GM:
+        return h.hu_gm + h.tex_amp * smooth
+    if tissue == T_WM:
+        return h.hu_wm + h.tex_amp * smooth
+    if tissue == T_CSF or tissue == T_VENT:
+        return h.hu_csf + 0.6 * h.tex_amp * smooth
+    if tissue == T_DEEP:
+        return h.hu_deep + h.tex_amp * smooth
+    if tissue == T_BONE:
+        fine = _clip1(_tex(tex, TEX_FINE, x * 1.3 + 11.0, y * 1.3 + z * 0.7))
+        if bone_frac > 0.0:
+            return h.hu_diploe + 90.0 * fine
+        return h.hu_table + 60.0 * fine
+    if tissue == T_SOFT:
+        return h.hu_muscle + 3.0 * smooth
+    if tissue == T_FAT:
+        return h.hu_fat + 8.0 * smooth
+    if tissue == T_DURA:
+        return h.hu_dura
+    if tissue == T_EYE:
+        return h.hu_eye
+    if tissue == T_LENS:
+        return h.hu_lens
+    if tissue == T_HOLDER:
+        return h.hu_holder
+    if tissue == T_CALC:
+        return 250.0 + 140.0 * _clip1(_tex(tex, TEX_FINE, x * 2.0, y * 2.0 + z))
+    return -1000.0
+
+
+@_jit
+def _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in, floor, ys_):  # noqa: ANN001, ANN202, E501
+    """(tissue, lesion bits, HU) inside the cranial cavity, lesions included."""
+    nles = les.shape[0]
+    tissue, lbits, hit = _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r,
+                                       r_in, d_in, floor)
+    if tissue == T_BLOOD:
+        value = _blood_hu(les[hit], tex, x, y, z)
+    else:
+        value = _tissue_hu(h, tex, tissue, x, y, z, 0.0)
+    for m in range(nles):
+        kind = int(les[m].kind)
+        if kind == INTRAPARENCHYMAL:
+            q = _blob_q(les[m], tex, x, y, z)
+            if q < 1.0:
+                tissue = T_BLOOD
+                lbits |= 1 << kind
+                value = _blood_hu(les[m], tex, x, y, z)
+            elif q < 1.0 + les[m].rim and (tissue == T_GM or tissue == T_WM or tissue == T_DEEP):
+                tissue = T_EDEMA
+                value = les[m].rim_hu + 1.5 * _clip1(_tex(tex, TEX_MEDIUM, x, y + z))
+        elif kind == INTRAVENTRICULAR and tissue == T_VENT:
+            q = _ellipsoid_q(x, y, z, (les[m].cx, les[m].cy, les[m].cz, les[m].rx, les[m].ry,
+                                       les[m].rz))
+            if q < 1.0 and (les[m].cast > 0.0 or ys_ > les[m].level):
+                tissue = T_BLOOD
+                lbits |= 1 << kind
+                value = _blood_hu(les[m], tex, x, y, z)
+        elif kind == SUBARACHNOID and tissue == T_CSF:
+            if _blob_q(les[m], tex, x, y, z) < 1.0:
+                tissue = T_BLOOD
+                lbits |= 1 << kind
+                value = _blood_hu(les[m], tex, x, y, z)
+    return tissue, lbits, value
+
+
+@_jit
+def _outside_head(h, xs_, ys_):  # noqa: ANN001, ANN202 - Numba helper
+    """Head holder (a curved shell below the head, scanner frame) or air."""
+    hx = xs_ - h.hold_x
+    hy = ys_ - h.hold_y
+    rr = math.sqrt(hx * hx + hy * hy) + 1e-6
+    if abs(rr - h.hold_r) < 0.5 * h.hold_t and hy / rr > h.hold_cos:
+        return T_HOLDER
+    return T_AIR
+
+
+@_jit
+def _in_face(h, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
+    """Face and nose below the forehead (outside the skull ellipsoid)."""
+    if z > h.face_top:
+        return False
+    taper = min(1.0, (h.face_top - z) / 12.0)
+    fa = (h.ox + h.globe_r + 13.0) * math.sqrt(taper)
+    fb = h.globe_r + 22.0
+    if (x / fa) ** 2 + ((y - h.oy + 14.0) / fb) ** 2 < 1.0:
+        return True
+    if h.oz - 48.0 < z < h.oz + 4.0:
+        nx = 5.0 + 0.16 * (h.oz + 4.0 - z)
+        return (x / nx) ** 2 + ((y - h.oy - h.globe_r - 8.0) / 13.0) ** 2 < 1.0
+    return False
+
+
+@_jit
+def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, ANN202
+    """(tissue, lesion bits, clean HU) of one head-frame point."""
+    yr = y - (h.yc0 + h.yc1 * z)
+    r = math.sqrt(x * x + yr * yr) + 1e-6
+    c = x / r
+    s = yr / r
+    zn = z / h.C
+    e = 1.0 + _fourier(coef, 0, zn, c, s)
+    temporal = h.temporalis * math.exp(-((z + 10.0) / 28.0) ** 2) * c * c
+    f_sc = _shrink(z, h.C + h.t_top + h.s_top, h.D + 25.0)
+    a_sc = (h.A + h.t_lat + h.s_lat + temporal) * f_sc * e
+    b_sc = (h.B + h.t_ap + h.s_ap) * f_sc * e
+    inside_scalp = f_sc > 0.0 and (x / a_sc) ** 2 + (yr / b_sc) ** 2 < 1.0
+    if not inside_scalp and not _in_face(h, x, y, z):
+        t = _outside_head(h, xs_, ys_)
+        return t, 0, (h.hu_holder if t == T_HOLDER else -1000.0)
+    f_in = _shrink(z, h.C, h.D)
+    r_in = 0.0
+    d_in = -1.0
+    if f_in > 0.0:
+        a_in = h.A * f_in * e
+        b_in = h.B * f_in * e
+        r_in = 1.0 / math.sqrt((c / a_in) ** 2 + (s / b_in) ** 2)
+        slope = 0.0
+        if z > 0.0:
+            slope = 0.5 * (h.A + h.B) * z / (h.C * h.C * max(f_in, 0.08))
+        d_in = (r_in - r) / math.sqrt(1.0 + slope * slope)
+    floor = _floor_z(h, x, y)
+    if d_in > 0.0 and z > floor:
+        return _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in,
+                                   floor, ys_)
+    if z <= floor:
+        t = _skull_base(h, tex, x, y, z, floor)
+        return t, 0, _tissue_hu(h, tex, t, x, y, z, 0.0)
+    if not inside_scalp:
+        return T_SOFT, 0, h.hu_scalp
+    # vault: outer table, diploe, frontal sinus; then scalp with its fat layer
+    thick = 1.0 + _fourier(coef, 2, zn, c, s)
+    sinus = h.frontal_sinus * math.exp(-((z - h.fs_z) / 11.0) ** 2 - (x / 20.0) ** 2)
+    sinus *= max(0.0, s) ** 6
+    f_sk = _shrink(z, h.C + h.t_top, h.D + 12.0)
+    a_sk = (h.A + h.t_lat * thick) * f_sk * e
+    b_sk = (h.B + h.t_ap * thick + sinus) * f_sk * e
+    r_sk = 1.0 / math.sqrt((c / a_sk) ** 2 + (s / b_sk) ** 2) if f_sk > 0.0 else 0.0
+    if r < r_sk:
+        span = r_sk - max(r_in, 0.0)
+        frac = (r - r_in) / span if span > 0.0 else 0.0
+        if sinus > 2.0 and 0.22 < frac < 0.8:
+            if _tex(tex, TEX_FINE, x * 0.5, z * 0.5) > -0.6:
+                return T_AIR, 0, -1000.0
+        diploe = 1.0 if span > 3.5 and 0.3 < frac < 0.7 else 0.0
+        return T_BONE, 0, _tissue_hu(h, tex, T_BONE, x, y, z, diploe)
+    r_sc = 1.0 / math.sqrt((c / a_sc) ** 2 + (s / b_sc) ** 2)
+    depth = (r_sc - r) / max(r_sc - r_sk, 0.5)
+    if 0.3 < depth < 0.3 + h.fat_frac:
+        return T_FAT, 0, _tissue_hu(h, tex, T_FAT, x, y, z, 0.0)
+    return T_SOFT, 0, h.hu_scalp
+
+
+@nb.njit(cache=True, fastmath=True, nogil=True, parallel=True)
+def render_kernel(h, tex, coef, vseg, deep, les, zs, spacing, hu, tissue, bits):  # noqa: ANN001, ANN201, E501
+    """Fill ``hu`` (float32), ``tissue`` (uint8) and ``bits`` (uint8) for the slice at table
+    position ``zs`` (mm) with square pixels of ``spacing`` mm."""
+    rows, cols = hu.shape
+    for i in nb.prange(rows):
+        ys_ = (i + 0.5 - rows / 2.0) * spacing
+        dy = -(ys_ - h.cy)
+        dz = zs - h.cz
+        for j in range(cols):
+            xs_ = (j + 0.5 - cols / 2.0) * spacing
+            dx = xs_ - h.cx
+            x = h.m00 * dx + h.m01 * dy + h.m02 * dz
+            y = h.m10 * dx + h.m11 * dy + h.m12 * dz
+            z = h.m20 * dx + h.m21 * dy + h.m22 * dz
+            t, b, v = _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_)
+            hu[i, j] = v
+            tissue[i, j] = t
+            bits[i, j] = b

@@ -1,0 +1,108 @@
+"""INT8 quantization: features survive, the accuracy gate accepts faithful and rejects broken."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from calibration_helpers import heldout_dir, labelled_dir  # noqa: F401 - fixtures
+
+from ichrt.calibration.dataset import open_labelled
+from ichrt.calibration.model_io import file_sha256
+from ichrt.calibration.quantize import (
+    QuantizationRejected,
+    QuantSpec,
+    accuracy_gate,
+    choose,
+    head_node_names,
+    prepare_model,
+    quantize,
+    run_quantization,
+    saturation_pairs,
+)
+from ichrt.calibration.reader import SliceCalibrationReader
+from ichrt.runtime.session import load_model
+
+
+def test_accuracy_gate_boundaries():
+    assert accuracy_gate(0.90, 0.895)
+    assert accuracy_gate(0.90, 0.93)
+    assert not accuracy_gate(0.90, 0.8949)
+    assert not accuracy_gate(0.90, float("nan"))
+
+
+@pytest.mark.parametrize("fmt", ["u8s8", "u8s8-rr"])
+def test_features_survive_quantization(tiny_model, labelled_dir, tmp_path, fmt):  # noqa: F811
+    path, contract = tiny_model
+    files = open_labelled(labelled_dir).files
+    reader = SliceCalibrationReader.from_files(files, contract, batch_size=8)
+    prepared = prepare_model(path, tmp_path / "prep.onnx")
+    out = quantize(prepared, reader, tmp_path / "q.onnx", QuantSpec("minmax", fmt))
+    q = onnx.load(str(out))
+    assert {o.name for o in q.graph.output} == {"probs", "logits", "features"}
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    # the head after ``features`` stays float: no quantize node on its path
+    head = set(head_node_names(q))
+    assert {n.op_type for n in q.graph.node if n.name in head} >= {"Gemm", "Sigmoid"}
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in q.graph.node
+                                                        if n.name in head}
+    ref, int8 = load_model(path, provider="cpu"), load_model(out, provider="cpu")
+    reader.rewind()
+    x = np.concatenate([b["image"] for b in iter(reader.get_next, None)])
+    a, b = ref.run(x), int8.run(x)
+    assert b["features"].shape == a["features"].shape and b["features"].dtype == np.float32
+    assert np.corrcoef(a["features"].ravel(), b["features"].ravel())[0, 1] > 0.99
+    assert np.abs(a["probs"] - b["probs"]).max() < 0.05
+    risk = saturation_pairs(out)
+    if fmt == "u8s8-rr":
+        assert risk == 0.0  # 7-bit weights can never overflow the int16 pair sum
+    else:
+        assert risk > 0.0  # 8-bit weights: some pairs can
+
+
+def test_gate_accepts_faithful_model_and_writes_contract(tiny_model, labelled_dir,  # noqa: F811
+                                                         heldout_dir, tmp_path):  # noqa: F811
+    path, contract = tiny_model
+    reader = SliceCalibrationReader.from_files(open_labelled(labelled_dir).files, contract)
+    heldout = open_labelled(heldout_dir)
+    out = tmp_path / "int8.onnx"
+    report = run_quantization(path, reader, heldout, heldout.files, out,
+                              [QuantSpec("minmax", "u8s8-rr"), QuantSpec("percentile", "u8s8")])
+    assert report.chosen == "minmax/u8s8-rr"  # both pass; the saturation-safe one wins
+    assert all(c.accepted and c.auc_drop <= 0.005 for c in report.candidates)
+    assert report.reference["auc_any"] > 0.7
+    assert all(c.cam_correlation > 0.95 for c in report.candidates)
+    written = load_model(out, provider="cpu").contract
+    assert written.provenance["parent"] == file_sha256(path)
+    assert written.name == f"{contract.name}-int8"
+    assert written.cam_weights == contract.cam_weights
+    assert written.metrics["int8"]["auc_drop"] == report.candidates[0].auc_drop
+    assert report.out["sha256"] == file_sha256(out)
+
+
+def test_gate_rejects_a_model_calibrated_on_unrepresentative_data(tiny_model,  # noqa: F811
+                                                                  heldout_dir, tmp_path):
+    path, contract = tiny_model
+    # ranges from tensors 1000x too large: real inputs all round to the same few levels
+    rng = np.random.default_rng(0)
+    wild = [rng.normal(0, 1000, (8, 3, 32, 32)).astype(np.float32) for _ in range(2)]
+    heldout = open_labelled(heldout_dir)
+    out = tmp_path / "broken.onnx"
+    with pytest.raises(QuantizationRejected, match="AUC") as info:
+        run_quantization(path, SliceCalibrationReader(wild), heldout, heldout.files, out)
+    report = info.value.report
+    assert report.chosen is None and not out.exists()
+    assert report.candidates[0].auc_drop > 0.005
+
+
+def test_choose_prefers_saturation_safe_then_fast():
+    from ichrt.calibration.quantize import CandidateResult
+
+    def cand(fmt, ms, ok=True):
+        return CandidateResult(QuantSpec("minmax", fmt), 0.9, 0.0, 0.01, ms, 1.0, 1.0, 1.0,
+                               0.0, ok)
+
+    assert choose([cand("u8s8", 1.0), cand("u8s8-rr", 2.0), cand("u8u8", 1.5)]).spec.fmt == \
+        "u8u8"
+    assert choose([cand("u8s8", 1.0), cand("u8s8-rr", 2.0, ok=False)]).spec.fmt == "u8s8"
+    assert choose([cand("u8s8", 1.0, ok=False)]) is None

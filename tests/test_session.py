@@ -1,0 +1,136 @@
+"""Loading models: contract refusal, I/O convention, providers, session settings."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from ichrt.runtime import session as session_mod
+from ichrt.runtime.contract import METADATA_KEY, ContractError, ModelContract
+from ichrt.runtime.session import (
+    ModelError,
+    ProviderUnavailable,
+    default_model_path,
+    load_model,
+    physical_cores,
+    resolve_providers,
+    session_options,
+)
+from tinymodel import make_tiny_model
+
+
+def test_load_tiny_model_reports_identity_and_runs(tiny_model) -> None:
+    path, contract = tiny_model
+    model = load_model(path, provider="cpu", threads=1)
+    assert model.contract == contract
+    assert model.sha256 == hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert model.display_name == f"tiny-test-model (sha256:{model.sha256[:12]})"
+    assert model.providers == ["CPUExecutionProvider"]
+    x = np.zeros((3, contract.channels, 32, 32), np.float32)
+    out = model.run(x)
+    assert out["probs"].shape == (3, 6) and out["features"].shape[0] == 3
+    np.testing.assert_allclose(out["probs"], 1 / (1 + np.exp(-out["logits"])), rtol=1e-5)
+    assert list(model.run(x, ("logits",))) == ["logits"]
+
+
+def test_model_without_contract_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nocontract.onnx"
+    make_tiny_model(path, with_contract=False)
+    with pytest.raises(ContractError, match=r"nocontract\.onnx.*no ichrt preprocessing contract"):
+        load_model(path, provider="cpu")
+
+
+def test_model_with_invalid_contract_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.onnx"
+    make_tiny_model(path)
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = prop.value.replace('"framing": "head"', '"framing": "sideways"')
+    onnx.save(model, str(path))
+    with pytest.raises(ContractError, match=r"bad\.onnx.*framing"):
+        load_model(path, provider="cpu")
+
+
+def test_model_breaking_io_convention_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "renamed.onnx"
+    make_tiny_model(path)
+    model = onnx.load(str(path))
+    model.graph.node[-1].output[0] = "scores"
+    model.graph.output[0].name = "scores"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=r"renamed\.onnx.*missing outputs \['probs'\]"):
+        load_model(path, provider="cpu")
+
+
+def test_model_whose_input_size_contradicts_contract_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "mismatch.onnx"
+    make_tiny_model(path)
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 48  # contract says 32
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match="does not match the contract"):
+        load_model(path, provider="cpu")
+
+
+def test_not_an_onnx_file_and_missing_file(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(ModelError, match=r"junk\.onnx: not a usable ONNX model"):
+        load_model(junk, provider="cpu")
+    with pytest.raises(ModelError, match=r"absent\.onnx: cannot read"):
+        load_model(tmp_path / "absent.onnx", provider="cpu")
+
+
+def test_default_model_path_missing_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(session_mod, "DEFAULT_MODEL", tmp_path / "models" / "default.onnx")
+    with pytest.raises(ModelError, match="default model is missing"):
+        default_model_path()
+    (tmp_path / "models").mkdir()
+    contract = make_tiny_model(tmp_path / "models" / "default.onnx")
+    assert default_model_path() == tmp_path / "models" / "default.onnx"
+    assert load_model(provider="cpu").contract == contract
+
+
+def test_provider_resolution() -> None:
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    assert resolve_providers("auto")[-1] == "CPUExecutionProvider"
+    with pytest.raises(ProviderUnavailable, match="unknown provider"):
+        resolve_providers("quantum")
+
+
+def test_missing_gpu_provider_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setattr(session_mod.ort, "get_available_providers",
+                        lambda: ["CPUExecutionProvider"])
+    assert resolve_providers("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(ProviderUnavailable, match="'gpu' extra"):
+        resolve_providers("cuda")
+    monkeypatch.setattr(session_mod.ort, "get_available_providers", lambda: [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_providers("auto") == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_session_options_for_a_shared_edge_box() -> None:
+    opts = session_options()
+    assert opts.intra_op_num_threads == physical_cores() >= 1
+    assert opts.inter_op_num_threads == 1
+    assert opts.graph_optimization_level.name == "ORT_ENABLE_ALL"
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options(threads=3, spinning=True).get_session_config_entry(
+        "session.intra_op.allow_spinning") == "1"
+    assert session_options(threads=3).intra_op_num_threads == 3
+
+
+def test_contract_temperature_and_thresholds_survive_loading(tmp_path: Path) -> None:
+    path = tmp_path / "cal.onnx"
+    want = ModelContract(input_size=32, name="cal", thresholds={"any": 0.3},
+                         temperatures={"any": 2.0})
+    make_tiny_model(path, contract=want)
+    model = load_model(path, provider="cpu")
+    assert model.contract.threshold("any") == 0.3 and model.contract.temperature("any") == 2.0
