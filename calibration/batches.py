@@ -1,22 +1,19 @@
 """DICOM files -> windowed model batches, through the runtime's own decode and windowing.
 
 Calibration must see exactly the tensors the runtime will feed the model, so nothing here
-re-implements preprocessing: files are decoded by the scoring pipeline's ``decode`` (the runtime
-ingest, rejected files reported with their reason) and windowed by its ``window_slices`` (the
-Numba windowing kernel, framed around the head when the contract says so). Batches are streamed,
+re-implements preprocessing: files are read by the runtime ingest's ``iter_read`` (a bounded
+thread pool; rejected files reported with their reason) and windowed by the scoring pipeline's
+``window_slices`` (the Numba kernel, framed around the head when the contract says so). Batches are streamed,
 so a large validation set never sits in memory as HU pixels.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import Rejected, Slice, SliceIdentity
 
@@ -40,34 +37,35 @@ def windowed_batches(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> Iterator[Batch]:
-    """Yield model batches of ``files`` in input order; unreadable files go to ``rejected``."""
-    from ichrt.runtime.pipeline import bounded_map, decode, window_slices
+    """Yield model batches of ``files`` in input order.
+
+    Unreadable files, and repeats of an already seen SOPInstanceUID (which would count one
+    slice twice in a metric), go to ``rejected`` with their reason.
+    """
+    from ichrt.runtime.dicom import iter_read
+    from ichrt.runtime.pipeline import window_slices
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    workers = workers or min(4, os.cpu_count() or 1)
     pending: list[Slice] = []
-
-    def flush() -> Batch:
-        tensor, _ = window_slices(pending, contract)
-        batch = Batch(tensor, [s.identity for s in pending])
-        pending.clear()
-        return batch
-
-    with ThreadPoolExecutor(workers, thread_name_prefix="ichrt-calib-decode") as pool:
-        items = bounded_map(pool, decode, files, max(2 * batch_size, 2 * workers))
-        for done, item in enumerate(items, start=1):
-            if isinstance(item, Rejected):
-                if rejected is not None:
-                    rejected.append(item)
-            else:
-                pending.append(item)
-            if progress is not None:
-                progress(done, len(files))
-            if len(pending) >= batch_size:
-                yield flush()
-        if pending:
-            yield flush()
+    seen: dict[str, str] = {}
+    for done, item in enumerate(iter_read(files, workers), start=1):
+        if isinstance(item, Slice):
+            first = seen.setdefault(item.identity.sop_uid, item.identity.path)
+            if first != item.identity.path:
+                item = Rejected.of(item.identity.path, f"duplicate SOPInstanceUID (as {first})")
+        if isinstance(item, Rejected):
+            if rejected is not None:
+                rejected.append(item)
+        else:
+            pending.append(item)
+        if progress is not None:
+            progress(done, len(files))
+        if len(pending) >= batch_size:
+            yield Batch(window_slices(pending, contract)[0], [s.identity for s in pending])
+            pending = []
+    if pending:
+        yield Batch(window_slices(pending, contract)[0], [s.identity for s in pending])
 
 
 def hu_batches(

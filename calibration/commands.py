@@ -9,13 +9,13 @@ and writes its JSON report.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import click
-
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 
 EXIT_CODES = """\b
@@ -102,8 +102,9 @@ def calibrate() -> None:
               help="Where to write the INT8 model (only if it passes the accuracy gate).")
 @click.option("--holdout", "holdout_dir", type=click.Path(exists=True, file_okay=False,
                                                           path_type=Path),
-              help="Labelled held-out data for the accuracy gate [default: half of the studies "
-                   "of --data, the other half calibrates].")
+              help="Labelled held-out data for the accuracy gate; --data may then be any "
+                   "folder of DICOM files [default: half of the studies of --data, the other "
+                   "half calibrates].")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]),
               default="minmax", show_default=True, help="Activation-range calibration method.")
 @click.option("--format", "fmt", type=click.Choice(["u8s8", "u8s8-rr", "s8s8", "u8u8"]),
@@ -146,14 +147,13 @@ def quantize(
     )
     from ichrt.calibration.reader import SliceCalibrationReader
     from ichrt.calibration.report import write_json
-    from ichrt.runtime.dicom import iter_files
     from ichrt.runtime.session import load_model
 
     report = report or beside(out, ".quantize.json")
     with usage_errors():
         if holdout_dir is not None:
             heldout = open_labelled(holdout_dir)
-            calib_files, held_files = iter_files([data_dir]), heldout.files
+            calib_files, held_files = dicom_files(data_dir), heldout.files
         else:
             heldout = open_labelled(data_dir)
             calib_files, held_files = split_by_study(heldout.files, 0.5, seed)
@@ -190,17 +190,29 @@ def quantize(
     ctx.exit(EXIT_REJECTED if rejected or result.heldout.get("rejected") else EXIT_OK)
 
 
+def dicom_files(data_dir: Path) -> list[Path]:
+    """The slices of an RSNA-layout folder, or every file under any other folder."""
+    from ichrt.calibration.dataset import DatasetError, open_labelled
+    from ichrt.runtime.dicom import iter_files
+
+    try:
+        return open_labelled(data_dir).files
+    except DatasetError:
+        return iter_files([data_dir])
+
+
 def quantize_table(result) -> str:
     """One row per candidate, FP32 first."""
     ref = result.reference
-    rows = [f"{'candidate':<22}{'AUC(any)':>9}{'drop':>8}{'max|dp|':>9}{'ms/slice':>10}"
-            f"{'speedup':>9}{'CAM r':>7}{'sat.pairs':>10}  verdict",
-            f"{'fp32':<22}{ref['auc_any']:>9.4f}{'':>8}{'':>9}{ref['ms_per_slice']:>10.2f}"]
+    rows = [(f"{'candidate':<22}{'AUC(any)':>9}{'drop':>8}{'max|dp|':>9}{'ms/slice':>10}"
+             f"{'speedup':>9}{'CAM r':>7}{'sat.pairs':>10}{'sat.out':>9}  verdict"),
+            f"{'fp32':<22}{ref['auc_any']:>9.4f}{'':>8}{'':>9}{ref['ms_per_slice']:>10.3f}"]
     for c in result.candidates:
         mark = "chosen" if c.spec.name == result.chosen else ("ok" if c.accepted else "REJECTED")
         rows.append(f"{c.spec.name:<22}{c.auc_any:>9.4f}{c.auc_drop:>+8.4f}"
-                    f"{c.max_prob_diff:>9.4f}{c.ms_per_slice:>10.2f}{c.speedup:>8.2f}x"
-                    f"{c.cam_correlation:>7.3f}{c.saturation_pairs:>10.4f}  {mark}")
+                    f"{c.max_prob_diff:>9.4f}{c.ms_per_slice:>10.3f}{c.speedup:>8.2f}x"
+                    f"{c.cam_correlation:>7.3f}{c.saturation_pairs:>10.4f}"
+                    f"{c.saturation_share:>9.5f}  {mark}")
     return "\n".join(rows)
 
 
@@ -247,11 +259,10 @@ def threshold(
 
     report = report or beside(out, ".calibration.json")
     picture = picture or beside(out, ".reliability.png")
-    with usage_errors(), model_errors(ctx, "calibrate threshold"):
-        with progress_bar("validation slices") as progress:
-            result = calibrate_model(model, data_dir, out, target_sensitivity,
-                                     subtype_sensitivity, level, bootstrap, seed,
-                                     batch_size, threads, progress)
+    with usage_errors(), model_errors(ctx, "calibrate threshold"), \
+            progress_bar("validation slices") as progress:
+        result = calibrate_model(model, data_dir, out, target_sensitivity, subtype_sensitivity,
+                                 level, bootstrap, seed, batch_size, threads, progress)
     write_json(report, {**result.report, "picture": str(picture)})
     write_reliability_png(picture, result.label_names, result.labels, result.before,
                           result.after)
@@ -265,8 +276,8 @@ def threshold(
 
 def threshold_table(report: dict) -> str:
     """Temperature, ECE/Brier before -> after, threshold and its slice/study sensitivity."""
-    rows = [f"{'label':<17}{'T':>6}{'ECE':>15}{'Brier':>15}{'thr':>7}"
-            f"{'sens slice [95% CI]':>24}{'spec study [95% CI]':>24}"]
+    rows = [(f"{'label':<17}{'T':>6}{'ECE':>15}{'Brier':>15}{'thr':>7}"
+             f"{'sens slice [95% CI]':>24}{'spec study [95% CI]':>24}")]
     for name, f in report["labels"].items():
         row = (f"{name:<17}{f['temperature']:>6.2f}{_pair(f['ece_before'], f['ece_after'])}"
                f"{_pair(f['brier_before'], f['brier_after'])}")
@@ -279,14 +290,14 @@ def threshold_table(report: dict) -> str:
 
 
 def _pair(before: float | None, after: float | None) -> str:
-    if before is None or after is None or before != before or after != after:
+    if before is None or after is None or math.isnan(before) or math.isnan(after):
         return f"{'-':>15}"
     return f"{before:>7.3f}>{after:<7.3f}"
 
 
 def _ci(interval) -> str:
     est, low, high = interval
-    if est is None or est != est:
+    if est is None or math.isnan(est):
         return f"{'-':>24}"
     return f"{est:>8.3f} [{low:.3f}, {high:.3f}]".rjust(24)
 

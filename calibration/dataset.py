@@ -1,7 +1,7 @@
 """Labelled DICOM slices on disk: the RSNA 2019 layout that Kaggle and ``ichrt synth`` write.
 
-``DIR/stage_2_train.csv`` (``ID_<image>_<label>,Label`` rows, read by
-:func:`ichrt.runtime.rsna_layout.read_labels_csv`) and ``DIR/stage_2_train/ID_<image>.dcm``. A
+``DIR/stage_2_train.csv`` (``ID_<image>_<label>,Label`` rows) and
+``DIR/stage_2_train/ID_<image>.dcm``, read through :mod:`ichrt.runtime.rsna_layout`. A
 slice's labels are found by its file name (``ID_<image>``), falling back to its SOPInstanceUID
 (RSNA files carry the id there too). Studies come from the StudyInstanceUID of each file.
 """
@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from ichrt.runtime.contract import LABELS
+from ichrt.runtime.rsna_layout import IMAGES_DIR, LABELS_FILE
 from ichrt.runtime.slices import SliceIdentity
 
-LABEL_FILES = ("stage_2_train.csv", "stage_1_train.csv")
-IMAGE_DIRS = ("stage_2_train", "stage_1_train_images", "stage_2_train_images")
+#: The layout's labels file and image folder, then the names Kaggle's stage 1 used.
+LABEL_FILES = (LABELS_FILE, "stage_1_train.csv")
+IMAGE_DIRS = (IMAGES_DIR, "stage_1_train_images", "stage_2_train_images")
 
 
 class DatasetError(ValueError):
@@ -63,7 +64,7 @@ def open_labelled(root: str | Path) -> LabelledSet:
     Raises:
         DatasetError: the folder lacks the labels CSV, the image folder, or labelled files.
     """
-    from ichrt.runtime.rsna_layout import read_labels_csv
+    from ichrt.runtime.rsna_layout import LayoutError, read_labels_csv
 
     root = Path(root)
     if not root.is_dir():
@@ -72,8 +73,8 @@ def open_labelled(root: str | Path) -> LabelledSet:
     image_dir = _find(root, IMAGE_DIRS, "image folder")
     try:
         labels = read_labels_csv(csv_path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DatasetError(f"{csv_path}: cannot read the labels: {exc}") from exc
+    except LayoutError as exc:
+        raise DatasetError(str(exc)) from exc
     all_files = sorted(image_dir.rglob("*.dcm"))
     files = [p for p in all_files if p.stem in labels]
     if not files:
@@ -103,7 +104,7 @@ def split_by_study(
     unique = sorted(set(studies))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(unique))
-    n_first = int(round(fraction * len(unique)))
+    n_first = round(fraction * len(unique))
     if len(unique) >= 2:
         n_first = min(max(n_first, 1), len(unique) - 1)
     first = {unique[i] for i in order[:n_first]}

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ichrt.calibration.batches import Progress
 from ichrt.calibration.metrics import (
     bootstrap_ci,
@@ -115,7 +114,7 @@ def evaluate_model(
         data={
             "root": str(data.root),
             "slices": len(preds.identities),
-            "studies": int(len(set(studies))),
+            "studies": len(set(studies)),
             "rejected": len(preds.rejected),
             "unlabelled": data.unlabelled,
         },

@@ -30,7 +30,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_onnx(path: str | Path) -> "onnx.ModelProto":
+def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load an ONNX file, naming it in the error when it cannot be read."""
     import onnx
 
@@ -40,7 +40,7 @@ def load_onnx(path: str | Path) -> "onnx.ModelProto":
         raise ValueError(f"{path}: cannot read the ONNX model: {exc}") from exc
 
 
-def model_contract(model: "onnx.ModelProto", source: str = "model") -> ModelContract:
+def model_contract(model: onnx.ModelProto, source: str = "model") -> ModelContract:
     """The contract stored in a loaded ONNX model (ContractError when absent or invalid)."""
     return ModelContract.from_metadata({p.key: p.value for p in model.metadata_props}, source)
 
@@ -66,7 +66,7 @@ def derive_contract(
 
 
 def write_model(
-    model: "onnx.ModelProto", contract: ModelContract, out: str | Path,
+    model: onnx.ModelProto, contract: ModelContract, out: str | Path,
     parent_path: str | Path | None = None,
 ) -> str:
     """Write ``model`` with ``contract`` in its metadata to ``out``; returns the new file's SHA-256.

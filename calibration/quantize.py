@@ -12,8 +12,9 @@ How a model is quantized:
   ``reduce_range``), ``s8s8`` and ``u8u8``. On x86 CPUs without VNNI, ONNX Runtime's U8S8 kernels
   multiply with VPMADDUBSW, which adds two u8*s8 products into a saturating int16: with 8-bit
   weights two large products overflow (255 * (|w1| + |w2|) > 32767 as soon as |w1| + |w2| > 128),
-  with 7-bit weights they never can. :func:`saturation_pairs` counts the weight pairs at risk;
-  ``u8s8-rr`` and ``u8u8`` (16-bit multiplies) are saturation-safe everywhere.
+  with 7-bit weights they never can (see :mod:`ichrt.calibration.saturation`, which measures
+  both the weight pairs at risk and the share of convolution outputs that do saturate on
+  held-out slices, whatever CPU this runs on). ``u8s8-rr`` and ``u8u8`` are saturation-safe.
 * The accuracy gate: a candidate is accepted only if AUC(any) on held-out labelled slices drops by
   at most :data:`MAX_AUC_DROP` against the FP32 model. Among accepted candidates, the
   saturation-safe ones come first, then the fastest (measured in this process on held-out
@@ -23,6 +24,8 @@ How a model is quantized:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,13 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 from ichrt.calibration.metrics import roc_auc
 from ichrt.calibration.report import jsonable
+from ichrt.calibration.saturation import saturated_outputs, saturation_pairs
 
 if TYPE_CHECKING:
     import onnx
-
     from ichrt.calibration.dataset import LabelledSet
     from ichrt.calibration.reader import SliceCalibrationReader
     from ichrt.runtime.contract import ModelContract
@@ -64,7 +66,7 @@ Note = Callable[[str], None]
 class QuantizationRejected(RuntimeError):
     """No INT8 candidate passed the accuracy gate; ``report`` says by how much each failed."""
 
-    def __init__(self, message: str, report: "QuantizationReport") -> None:
+    def __init__(self, message: str, report: QuantizationReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -123,7 +125,7 @@ def prepare_model(model_path: str | Path, out_path: str | Path, note: Note = lam
     return out_path
 
 
-def head_node_names(model: "onnx.ModelProto", tensor: str = FEATURES) -> list[str]:
+def head_node_names(model: onnx.ModelProto, tensor: str = FEATURES) -> list[str]:
     """Names of the nodes that consume ``tensor`` directly or indirectly (the FP32 head)."""
     reached = {tensor}
     head: list[str] = []
@@ -136,7 +138,7 @@ def head_node_names(model: "onnx.ModelProto", tensor: str = FEATURES) -> list[st
 
 def quantize(
     prepared: str | Path,
-    reader: "SliceCalibrationReader",
+    reader: SliceCalibrationReader,
     out: str | Path,
     spec: QuantSpec,
     cache: str | Path | None = None,
@@ -159,52 +161,22 @@ def quantize(
     if spec.method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     reader.rewind()
-    quantize_static(
-        str(prepared),
-        str(out),
-        reader,
-        quant_format=QuantFormat.QDQ,
-        per_channel=spec.per_channel,
-        reduce_range=reduce_range,
-        activation_type=getattr(QuantType, act),
-        weight_type=getattr(QuantType, weight),
-        calibrate_method=method,
-        nodes_to_exclude=head_node_names(model),
-        extra_options=extra,
-        calibration_cache_path=None if cache is None else str(cache),
-    )
+    with contextlib.redirect_stdout(sys.stderr):  # onnxruntime prints progress on stdout
+        quantize_static(
+            str(prepared),
+            str(out),
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=spec.per_channel,
+            reduce_range=reduce_range,
+            activation_type=getattr(QuantType, act),
+            weight_type=getattr(QuantType, weight),
+            calibrate_method=method,
+            nodes_to_exclude=head_node_names(model),
+            extra_options=extra,
+            calibration_cache_path=None if cache is None else str(cache),
+        )
     return Path(out)
-
-
-def saturation_pairs(model_path: str | Path) -> float:
-    """Share of adjacent 8-bit conv weight pairs that can saturate VPMADDUBSW's int16 sum.
-
-    A pair (w1, w2) of the same sign with ``|w1| + |w2| > 128`` overflows when both activations
-    are near full scale (255). Pairs are taken along each output channel's reduction axis in
-    both layouts ONNX Runtime may pack (OIHW and OHWI); the larger share is returned. 0 for
-    7-bit (reduce_range) or unsigned weights, for which the U8S8 kernels are not used.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(model_path))
-    inits = {t.name: t for t in model.graph.initializer}
-    risky = total = 0
-    for node in model.graph.node:
-        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[node.input[0]])
-        if w.dtype != np.int8 or w.ndim != 4:
-            continue
-        shares = []
-        for layout in (w, w.transpose(0, 2, 3, 1)):
-            flat = layout.reshape(layout.shape[0], -1).astype(np.int32)
-            k = flat.shape[1] - flat.shape[1] % 2
-            a, b = flat[:, 0:k:2], flat[:, 1:k:2]
-            shares.append(int(((a * b > 0) & (np.abs(a) + np.abs(b) > 128)).sum()))
-        risky += max(shares)
-        total += w.shape[0] * (w[0].size // 2)
-    return float(risky / total) if total else 0.0
 
 
 def ms_per_slice(models: Mapping[str, Any], tensor: np.ndarray, repeats: int = 7
@@ -248,7 +220,7 @@ class CamAgreement:
     peaks_equal: int = 0
     slices: int = 0
 
-    def add(self, ref_features: np.ndarray, features: np.ndarray, contract: "ModelContract"
+    def add(self, ref_features: np.ndarray, features: np.ndarray, contract: ModelContract
             ) -> None:
         from ichrt.runtime.explain.cam import cam_maps
 
@@ -280,6 +252,7 @@ class CandidateResult:
     cam_correlation: float
     cam_peak_agreement: float
     saturation_pairs: float
+    saturation_share: float
     accepted: bool
 
     @property
@@ -333,7 +306,7 @@ class QuantizationReport:
 def compare_candidates(
     reference: Any,
     candidates: Mapping[str, Any],
-    heldout: "LabelledSet",
+    heldout: LabelledSet,
     files: Sequence[Path],
     batch_size: int = 16,
     max_drop: float = MAX_AUC_DROP,
@@ -342,7 +315,8 @@ def compare_candidates(
     """Run the FP32 ``reference`` and every candidate (LoadedModels) over held-out ``files``.
 
     Returns the reference's figures, each candidate's figures (AUC(any), drop, max probability
-    difference, CAM agreement, ms/slice, speed-up, accepted) and a summary of the held-out set.
+    difference, CAM agreement, ms/slice, speed-up, saturation measures on the first held-out
+    batch, accepted) and a summary of the held-out set.
     """
     from ichrt.calibration.dataset import DatasetError
     from ichrt.calibration.predictions import predict
@@ -368,7 +342,7 @@ def compare_candidates(
     speeds = ms_per_slice(models, timing_batch[0])
     auc_ref = roc_auc(labels, probs["fp32"][:, any_idx])
     figures: dict[str, dict[str, float]] = {}
-    for name in candidates:
+    for name, model in candidates.items():
         auc = roc_auc(labels, probs[name][:, any_idx])
         figures[name] = {
             "auc_any": auc,
@@ -377,6 +351,8 @@ def compare_candidates(
             "ms_per_slice": speeds[name],
             "speedup": speeds["fp32"] / speeds[name],
             "accepted": accuracy_gate(auc_ref, auc, max_drop),
+            "saturation_pairs": saturation_pairs(model.path),
+            "saturation_share": saturated_outputs(model.path, timing_batch[0])["share"],
             **cams[name].summary(),
         }
     known = labels[~np.isnan(labels)]
@@ -392,8 +368,8 @@ def compare_candidates(
 
 def run_quantization(
     model_path: str | Path,
-    reader: "SliceCalibrationReader",
-    heldout: "LabelledSet",
+    reader: SliceCalibrationReader,
+    heldout: LabelledSet,
     heldout_files: Sequence[Path],
     out: str | Path,
     specs: Sequence[QuantSpec] = (QuantSpec(),),
@@ -413,7 +389,6 @@ def run_quantization(
     """
     import onnx
     import onnxruntime
-
     from ichrt.calibration.model_io import derive_contract, file_sha256, write_model
     from ichrt.runtime.session import load_model
 
@@ -435,9 +410,7 @@ def run_quantization(
         ref_figures, figures, held_summary = compare_candidates(
             reference, loaded, heldout, heldout_files, batch_size, max_drop, progress)
         results = [
-            CandidateResult(spec=spec, saturation_pairs=saturation_pairs(paths[spec.name]),
-                            **figures[spec.name])
-            for spec in specs
+            CandidateResult(spec=spec, **figures[spec.name]) for spec in specs
         ]
         best = choose(results)
         report = QuantizationReport(

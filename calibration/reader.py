@@ -16,11 +16,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader
-
 from ichrt.calibration.batches import Progress, hu_batches, windowed_batches
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import Rejected
+from onnxruntime.quantization import CalibrationDataReader
 
 INPUT_NAME = "image"
 
@@ -54,7 +53,7 @@ class SliceCalibrationReader(CalibrationDataReader):
         seed: int = 0,
         rejected: list[Rejected] | None = None,
         progress: Progress | None = None,
-    ) -> "SliceCalibrationReader":
+    ) -> SliceCalibrationReader:
         """Read DICOM ``files`` (at most ``limit``, sampled with ``seed``) through the runtime."""
         chosen = sample_files(files, limit, seed)
         batches = windowed_batches(chosen, contract, batch_size, rejected=rejected,
@@ -64,7 +63,7 @@ class SliceCalibrationReader(CalibrationDataReader):
     @classmethod
     def from_hu(
         cls, slices_hu: Sequence[np.ndarray], contract: ModelContract, batch_size: int = 8
-    ) -> "SliceCalibrationReader":
+    ) -> SliceCalibrationReader:
         """Window in-memory HU slices (e.g. ``generate_study(...).hu``)."""
         return cls(hu_batches(slices_hu, contract, batch_size))
 

@@ -9,12 +9,12 @@ few signs), so nothing beyond NumPy and the runtime's PNG writer is needed.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from ichrt.calibration.metrics import ece, reliability_bins
 
 BEFORE = (230, 120, 20)
@@ -114,11 +114,11 @@ def draw_panel(title: str, series: Sequence[Series], bins: int = 15) -> np.ndarr
         count, mean_p, rate = reliability_bins(s.y, s.p, bins)
         filled = count > 0
         points = [px(p, r) for p, r in zip(mean_p[filled], rate[filled])]
-        for a, b in zip(points, points[1:]):
+        for a, b in itertools.pairwise(points):
             _line(canvas, a, b, s.color, width=2)
         share = count[filled] / max(count.sum(), 1)
         for (y, x), sh in zip(points, share):
-            _square(canvas, y, x, 2 + int(round(6 * np.sqrt(sh))), s.color)
+            _square(canvas, y, x, 2 + round(6 * float(np.sqrt(sh))), s.color)
     text(canvas, title, 6, MARGIN)
     eces = [ece(s.y, s.p, bins) for s in series]
     x = text(canvas, "ECE ", 22, MARGIN, scale=1)

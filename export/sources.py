@@ -22,8 +22,9 @@ Sources (counts as published in the folder; tests check them):
 
 ========= ======================================================================================
 ctich     PhysioNet ct-ich: 1852 slices, 50 patients, 208 with hemorrhage. Window 40/120 (-20..100
-          HU), stated by the export script and confirmed by the files: only 121 gray levels occur,
-          one per integer HU (a comb with step 255/120 = 2.125). Subtypes from ``labels.csv`` by
+          HU), stated by the export script and confirmed by the files: exactly 121 gray levels
+          occur, floor((HU + 20) * 255 / 120) of each integer HU (so the linear inverse reads
+          up to 0.5 HU low). Subtypes from ``labels.csv`` by
           column name; ``any`` = 1 - No_Hemorrhage (checked against the subtypes); union masks
           from ``mask/N.png``. Stored turned a quarter: the face points right; loaded turned 90
           degrees counter-clockwise so that anterior is up. Group: PatientNumber.
@@ -59,19 +60,20 @@ gives the level and its gray interquartile range gives the width:
 ``width = 255 * BRAIN_IQR_HU / iqr_gray`` and ``level = BRAIN_MODE_HU - width * (mode_gray / 255
 - 0.5)``. The two constants are measured on ct-ich, whose window is known (medians over its
 slices: mode 38.8 HU, IQR 9.9 HU). Checked on RSNA, whose window is also known (40/80), the
-estimator gives 46/94, so expect errors of about 6 HU in level and 20% in width. A second anchor,
+estimator gives 50/94 (RSNA brains read 30 HU), so expect errors of about 10 HU in level and 20%
+in width. A second anchor,
 the hemorrhage-to-brain contrast (ct-ich masks: median blood 57.6 HU, 20.7 HU above brain),
 gives the width where masks or boxes exist. Results:
 
-- Roboflow: brain mode 122 and IQR 21 gray, the same as ct-ich's 125 and 21, give 41/120; the
+- Roboflow: brain mode 122 and IQR 21 gray, the same as ct-ich's 125 and 21, give 41.4/120; the
   box anchor (75th percentile inside boxes 33 gray above brain) gives a width of 153, biased
   upwards by loose boxes. Adopted: 40/120, the ct-ich window, which it matches. The per-series
   brain mode varies by about +-15 gray (106..148), which may be scanners or windows; one window
   per source is kept. JPEG noise: background reads 1-8 instead of 0, so ``air_max=8`` and
   ``bone_min=250``.
-- BHSD: brain mode 30 and IQR ~10 gray give about 135/252; the blood anchor (mask median 22 gray
-  above brain) gives a width of 243. All 256 gray levels occur in every image set, so the width is
-  at least 255 for integer HU. Adopted: 127.5/255, i.e. HU clipped to 0..255 and cast to 8 bits;
+- BHSD: brain mode 30 and IQR 11 gray give 126.5/230; the blood anchor (mask median 22 gray
+  above brain) gives a width of 243. All 256 gray levels occur, evenly filled, so the width is at
+  least 255 for integer HU. Adopted: 127.5/255, i.e. HU clipped to 0..255 and cast to 8 bits;
   brain then reads 30 HU, as on RSNA.
 
 What identifies each source in the image (for the training recipe to remove; these survive the

@@ -35,29 +35,73 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 BALANCE_MODES = ("none", "class", "source")
 
 
-def _pack_region(sample: Sample) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """The sample's lesion region (mask, else rasterized boxes) bit-packed, or None."""
-    h, w = sample.hu.shape
-    region = None
+def _region_of(sample: Sample) -> np.ndarray | None:
+    """The sample's lesion region: its mask, else its rasterized boxes, else None."""
     if sample.mask is not None:
-        region = np.asarray(sample.mask, bool)
-    elif sample.boxes:
-        region = np.zeros((h, w), bool)
-        for y0, x0, y1, x1, _ in sample.boxes:
-            region[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-    if region is None:
+        return np.asarray(sample.mask, bool)
+    if not sample.boxes:
         return None
-    return np.packbits(region, axis=None), (h, w)
+    region = np.zeros(sample.hu.shape, bool)
+    for y0, x0, y1, x1, _ in sample.boxes:
+        region[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    return region
+
+
+def _offsets(sizes: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+
+@dataclass
+class Pack:
+    """The pixels (int16 HU) and bit-packed lesion regions of one loaded data source, each in
+    one flat tensor, so loader workers can share them instead of copying (see
+    :meth:`SliceStore.share_memory`)."""
+
+    pixels: torch.Tensor
+    offsets: np.ndarray
+    shapes: np.ndarray
+    region_bits: torch.Tensor
+    region_offsets: np.ndarray
+
+    @classmethod
+    def build(cls, slices: list[np.ndarray], regions: list[np.ndarray | None]) -> Pack:
+        bits = [np.packbits(r, axis=None) if r is not None else np.zeros(0, np.uint8)
+                for r in regions]
+        cat = (lambda arrays, dtype: torch.from_numpy(np.concatenate(arrays)) if arrays
+               else torch.zeros(0, dtype=dtype))
+        return cls(
+            pixels=cat([a.ravel() for a in slices], torch.int16),
+            offsets=_offsets([a.size for a in slices]),
+            shapes=np.array([a.shape for a in slices], np.int64).reshape(-1, 2),
+            region_bits=cat(bits, torch.uint8),
+            region_offsets=_offsets([b.size for b in bits]),
+        )
+
+    def hu(self, r: int) -> np.ndarray:
+        h, w = self.shapes[r]
+        return self.pixels[self.offsets[r]:self.offsets[r + 1]].numpy().reshape(h, w)
+
+    def region(self, r: int) -> np.ndarray | None:
+        lo, hi = self.region_offsets[r], self.region_offsets[r + 1]
+        if hi == lo:
+            return None
+        h, w = self.shapes[r]
+        bits = self.region_bits[lo:hi].numpy()
+        return np.unpackbits(bits, count=int(h * w)).reshape(h, w).astype(bool)
 
 
 @dataclass
 class SliceStore:
-    """Training slices in compact form; index-aligned lists and arrays."""
+    """Training slices in compact form: row ``i`` is row ``row[i]`` of ``packs[pack[i]]``.
 
-    hu: list[np.ndarray] = field(default_factory=list)
+    Subsets and concatenations share the packs (no pixel is copied).
+    """
+
+    packs: list[Pack] = field(default_factory=list)
+    pack: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
     head_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
-    regions: list[tuple[np.ndarray, tuple[int, int]] | None] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -67,54 +111,80 @@ class SliceStore:
         cls, samples: Iterable[Sample], progress: Callable[[int], None] | None = None
     ) -> SliceStore:
         """Pack samples (consumed one at a time, so an iterator never lives in memory whole)."""
-        store, labels, boxes = cls(), [], []
+        slices, regions, labels, boxes = [], [], [], []
+        store = cls()
         for s in samples:
             hu = np.asarray(s.hu, np.float32)
-            store.hu.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
+            slices.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
+            regions.append(_region_of(s))
             labels.append(np.asarray(s.labels, np.float32).reshape(len(LABELS)))
             boxes.append(np.asarray(head_boxes(hu[None]))[0])
-            store.regions.append(_pack_region(s))
             store.groups.append(s.group)
             store.sources.append(s.source)
             store.ids.append(s.id)
             if progress is not None:
                 progress(1)
-        if store.hu:
+        n = len(slices)
+        store.packs = [Pack.build(slices, regions)]
+        store.pack = np.zeros(n, np.int64)
+        store.row = np.arange(n, dtype=np.int64)
+        if n:
             store.labels = np.stack(labels)
             store.head_boxes = np.stack(boxes).astype(np.int64)
         return store
 
     def __len__(self) -> int:
-        return len(self.hu)
+        return len(self.row)
+
+    def hu(self, i: int) -> np.ndarray:
+        """The int16 HU slice of row ``i`` (a view, not a copy)."""
+        return self.packs[self.pack[i]].hu(self.row[i])
+
+    def shape(self, i: int) -> tuple[int, int]:
+        h, w = self.packs[self.pack[i]].shapes[self.row[i]]
+        return int(h), int(w)
+
+    def region(self, i: int) -> np.ndarray | None:
+        """The (H, W) bool lesion region of row ``i``, or None."""
+        return self.packs[self.pack[i]].region(self.row[i])
 
     def subset(self, indices: Iterable[int]) -> SliceStore:
-        """A store of the given rows (arrays shared, not copied)."""
-        idx = [int(i) for i in indices]
+        """A store of the given rows (packs shared, not copied)."""
+        idx = np.asarray([int(i) for i in indices], np.int64)
         return SliceStore(
-            hu=[self.hu[i] for i in idx], labels=self.labels[idx], head_boxes=self.head_boxes[idx],
-            regions=[self.regions[i] for i in idx], groups=[self.groups[i] for i in idx],
+            packs=self.packs, pack=self.pack[idx], row=self.row[idx], labels=self.labels[idx],
+            head_boxes=self.head_boxes[idx], groups=[self.groups[i] for i in idx],
             sources=[self.sources[i] for i in idx], ids=[self.ids[i] for i in idx],
         )
 
     @staticmethod
     def concat(stores: list[SliceStore]) -> SliceStore:
-        """One store holding the rows of all ``stores`` in order."""
+        """One store holding the rows of all ``stores`` in order (packs shared)."""
         out = SliceStore()
+        index: dict[int, int] = {}
+        packs, rows = [], []
         for s in stores:
-            for name in ("hu", "regions", "groups", "sources", "ids"):
-                getattr(out, name).extend(getattr(s, name))
-        if out.hu:
+            for p in s.packs:
+                if id(p) not in index:
+                    index[id(p)] = len(out.packs)
+                    out.packs.append(p)
+            packs.append(np.array([index[id(s.packs[k])] for k in s.pack], np.int64))
+            rows.append(s.row)
+            out.groups += s.groups
+            out.sources += s.sources
+            out.ids += s.ids
+        if stores:
+            out.pack, out.row = np.concatenate(packs), np.concatenate(rows)
             out.labels = np.concatenate([s.labels for s in stores])
             out.head_boxes = np.concatenate([s.head_boxes for s in stores])
         return out
 
-    def region(self, i: int) -> np.ndarray | None:
-        """The (H, W) bool lesion region of row ``i``, or None."""
-        packed = self.regions[i]
-        if packed is None:
-            return None
-        bits, (h, w) = packed
-        return np.unpackbits(bits, count=h * w).reshape(h, w).astype(bool)
+    def share_memory(self) -> SliceStore:
+        """Move the pixel tensors to shared memory (once), so worker processes map them."""
+        for p in self.packs:
+            p.pixels.share_memory_()
+            p.region_bits.share_memory_()
+        return self
 
 
 def sample_region(region: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
@@ -160,7 +230,7 @@ class SliceDataset(Dataset):
     def _box(self, i: int) -> np.ndarray:
         if self.contract.framing == "head":
             return self.store.head_boxes[i]
-        return centred_boxes(1, *self.store.hu[i].shape)[0].astype(np.int64)
+        return centred_boxes(1, *self.store.shape(i))[0].astype(np.int64)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
 
@@ -168,7 +238,7 @@ class SliceDataset(Dataset):
         i = int(i)
         cfg = self.augment
         rng = np.random.default_rng(seed) if cfg is not None else None
-        pixels, box = self.store.hu[i], self._box(i)
+        pixels, box = self.store.hu(i), self._box(i)
         slope, intercept = 1.0, 0.0
         if rng is not None:
             box = jitter_box(box, rng, cfg)
@@ -277,9 +347,17 @@ def make_loader(
     dataset: SliceDataset, batch_size: int, sampler: Sampler | None = None, workers: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` (in order when no sampler is given)."""
+    """A DataLoader over ``dataset`` (in order when no sampler is given).
+
+    Workers start from a clean ``forkserver`` process, not by forking the trainer: the runtime's
+    Numba kernels run on an OpenMP pool in the trainer, and a forked OpenMP process aborts. The
+    pixels reach the workers through shared memory, not as copies.
+    """
+    if workers > 0:
+        dataset.store.share_memory()
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
         worker_init_fn=_worker_init if workers > 0 else None, pin_memory=pin_memory,
         drop_last=False, persistent_workers=False,
+        multiprocessing_context="forkserver" if workers > 0 else None,
     )

@@ -5,26 +5,28 @@ view: :func:`head_boxes` finds the head and :func:`ichrt.runtime.windowing.windo
 and resizes that box. It runs per slice at inference, so it works on a small grid:
 
 1. tissue = HU above -300 (or, on a slice with no air, such as an already windowed 8-bit
-   source mapped to HU, above the minimum plus 10% of the range), counted per block so that the
-   grid is at most :data:`GRID` cells a side; a cell is tissue when most of its block is;
-2. holes (ventricles, sinuses, a skull ring's inside) are filled;
+   source mapped to HU, above its minimum plus 10% of its range); a grid cell (a block of
+   pixels, at most :data:`GRID` cells a side) is tissue when all its pixels are, so a gap of
+   one pixel already parts the head from a holder lying close to it;
+2. holes (ventricles, sinuses, the inside of a skull ring) are filled;
 3. a chamfer distance transform gives each cell its depth inside the tissue; the deepest cell
-   (the centre of the largest inscribed disc) lies inside the head, since nothing else in a head
-   CT is as thick;
-4. a morphological opening of radius 15% of that depth keeps the head and cuts what is thin:
-   the curved head holder below it, burnt-in text, lines and cables. The box is the opened
-   head's bounding box, grown by ``margin`` on each side and made square.
+   (the centre of the largest inscribed disc) lies inside the head, since nothing else in a
+   head CT is as thick;
+4. an opening of radius :data:`OPENING` times that depth keeps the head and cuts what is
+   thin and attached: the curved head holder, burnt-in text, lines and cables;
+5. the head's extent is that of the tissue pixels within reach of the opened head, to the
+   pixel; a head under a quarter of the image's side is measured again on a finer grid.
 
-A slice without tissue gets the centred square of side ``max(H, W)`` (as with no framing).
-Deterministic; a compiled Numba function (cached on disk like the windowing kernel).
+The box is that extent grown by ``margin`` on each side and made square. A slice without tissue
+gets the centred square of side ``max(H, W)`` (as with no framing). Deterministic; compiled
+with Numba (cached on disk like the windowing kernel), about 0.2 ms per 512 x 512 slice.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
 from ichrt.runtime.windowing import centred_boxes
+from numba import njit, prange
 
 #: Largest side of the working grid (a 512-pixel slice is read in 8 x 8 blocks).
 GRID = 64
@@ -70,9 +72,9 @@ def head_boxes(hu: np.ndarray, margin: float = 0.05) -> np.ndarray:
 
 
 def _extents(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Head extents (N, 4) float (y0, x0, y1, x1) in pixels and whether each slice has one."""
+    """Head extents (N, 4) (y0, x0, y1, x1) in pixels, half-open, and whether a slice has one."""
     block = max(1, -(-max(hu.shape[1:]) // GRID))
-    found = np.zeros((hu.shape[0], 4), np.float64)
+    found = np.zeros((hu.shape[0], 4), np.int64)
     ok = np.zeros(hu.shape[0], np.bool_)
     _head_extents(hu, block, found, ok)
     return found, ok
@@ -81,57 +83,57 @@ def _extents(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _refine_small_heads(hu: np.ndarray, found: np.ndarray, ok: np.ndarray) -> None:
     """Measure small heads again, in place, on a finer grid around the first estimate.
 
-    A head under a quarter of the image's side spans few grid cells, too few to tell it from
-    a holder lying close; a crop of twice its size is read at up to four times the resolution.
+    A small head spans few grid cells, too few to open it without losing it; a crop of twice
+    its size is read at up to four times the resolution.
     """
-    n, height, width = hu.shape
+    height, width = hu.shape[1:]
     side = np.maximum(found[:, 2] - found[:, 0], found[:, 3] - found[:, 1])
     for k in np.flatnonzero(ok & (REFINE * side < max(height, width))):
-        y0, x0, y1, x1 = found[k]
-        top, left = int(max(0.0, y0 - side[k] / 2)), int(max(0.0, x0 - side[k] / 2))
-        bottom, right = int(min(height, y1 + side[k] / 2)), int(min(width, x1 + side[k] / 2))
-        fine, fine_ok = _extents(np.ascontiguousarray(hu[k:k + 1, top:bottom, left:right]))
+        pad = side[k] // 2
+        top, left = max(0, found[k, 0] - pad), max(0, found[k, 1] - pad)
+        bottom, right = min(height, found[k, 2] + pad), min(width, found[k, 3] + pad)
+        fine, fine_ok = _extents(np.ascontiguousarray(hu[k : k + 1, top:bottom, left:right]))
         if fine_ok[0]:
             found[k] = fine[0] + (top, left, top, left)
 
 
 @njit(parallel=True, cache=True)
-def _head_extents(hu, block, found, ok):  # noqa: ANN001, ANN202 - Numba kernel
-    """Per slice: the opened head's extent (y0, x0, y1, x1) in pixels into ``found``.
-
-    ``ok[k]`` stays False for a slice without tissue.
-    """
+def _head_extents(hu, block, found, ok):
+    """Per slice: the head's pixel extent (y0, x0, y1, x1) into ``found``, ``ok`` if any."""
     n, height, width = hu.shape
     gh = (height + block - 1) // block
     gw = (width + block - 1) // block
     for k in prange(n):
         image = hu[k]
-        tissue = _tissue_grid(image, block, gh, gw)
+        threshold = _threshold(image)
+        tissue = _tissue_grid(image, threshold, block, gh, gw)
         _fill_holes(tissue)
-        depth = _chamfer_depth(tissue)
+        depth = _chamfer(tissue, 0.0)
         best = depth.argmax()
         deepest = depth.ravel()[best]
         if deepest <= 0.0:
             continue
         radius = max(1.0, OPENING * deepest)
         core = _component(depth >= radius, best // gw, best % gw)
-        rows = np.flatnonzero(core.sum(axis=1))
-        cols = np.flatnonzero(core.sum(axis=0))
-        grow = radius - 0.5
-        found[k, 0] = max(0.0, (rows[0] - grow) * block)
-        found[k, 1] = max(0.0, (cols[0] - grow) * block)
-        found[k, 2] = min(float(height), (rows[-1] + 1.0 + grow) * block)
-        found[k, 3] = min(float(width), (cols[-1] + 1.0 + grow) * block)
-        ok[k] = True
+        opened = tissue & (_chamfer(~core, 1e9) <= radius)
+        # The opened head's cells and their 8 neighbours, the partly covered cells at its edge.
+        near = _chamfer(~opened, 1e9) < 1.5
+        ok[k] = _pixel_extent(image, threshold, block, near, found[k])
 
 
 @njit(cache=True)
-def _tissue_grid(image, block, gh, gw):  # noqa: ANN001, ANN202 - Numba helper
-    """Cells whose block is mostly tissue (threshold adapted to slices without air)."""
-    threshold = TISSUE_HU
-    if not _has_air(image):
-        low = image.min()
-        threshold = low + 0.1 * (image.max() - low)
+def _threshold(image):
+    """The tissue threshold: -300 HU, or on a slice without air its minimum + 10% of range."""
+    for value in image.ravel():
+        if value < -500.0:
+            return TISSUE_HU
+    low = image.min()
+    return low + 0.1 * (image.max() - low)
+
+
+@njit(cache=True)
+def _tissue_grid(image, threshold, block, gh, gw):
+    """Grid cells whose pixels are all above ``threshold``."""
     height, width = image.shape
     tissue = np.zeros((gh, gw), np.bool_)
     column_hits = np.empty(width, np.int32)
@@ -143,22 +145,12 @@ def _tissue_grid(image, block, gh, gw):  # noqa: ANN001, ANN202 - Numba helper
                 column_hits[x] += image[y, x] > threshold
         for gx in range(gw):
             cols = min(block, width - gx * block)
-            hits = column_hits[gx * block:gx * block + cols].sum()
-            tissue[gy, gx] = 2 * hits > rows * cols
+            tissue[gy, gx] = column_hits[gx * block : gx * block + cols].sum() == rows * cols
     return tissue
 
 
 @njit(cache=True)
-def _has_air(image):  # noqa: ANN001, ANN202 - Numba helper
-    """Whether any pixel is air (below -500 HU); usually decided by the first pixel."""
-    for value in image.ravel():
-        if value < -500.0:
-            return True
-    return False
-
-
-@njit(cache=True)
-def _fill_holes(mask):  # noqa: ANN001, ANN202 - Numba helper
+def _fill_holes(mask):
     """Set to True, in place, every background cell not 4-connected to the grid's border."""
     gh, gw = mask.shape
     outside = np.zeros((gh, gw), np.bool_)
@@ -186,38 +178,43 @@ def _fill_holes(mask):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @njit(cache=True)
-def _chamfer_depth(mask):  # noqa: ANN001, ANN202 - Numba helper
-    """Distance (in cells, 3-4 chamfer) from each mask cell to the nearest cell outside it.
+def _chamfer(mask, beyond):
+    """Distance in cells (3-4 chamfer) from each ``mask`` cell to the nearest cell outside it.
 
-    Cells beyond the grid count as outside, so a head cut by the field of view is not deeper
-    than what is seen of it.
+    Cells beyond the grid are at distance ``beyond``: 0 counts them as outside the mask (a head
+    cut by the field of view is no deeper than what is seen of it), a large value as inside.
     """
     gh, gw = mask.shape
-    big = 1e9
-    d = np.zeros((gh + 2, gw + 2), np.float64)
+    big = 3e9
+    d = np.full((gh + 2, gw + 2), 3.0 * beyond)
     for y in range(gh):
         for x in range(gw):
-            if mask[y, x]:
-                d[y + 1, x + 1] = big
+            d[y + 1, x + 1] = big if mask[y, x] else 0.0
     for y in range(1, gh + 1):
         for x in range(1, gw + 1):
             if d[y, x] > 0.0:
                 d[y, x] = min(
-                    d[y, x], d[y - 1, x] + 3.0, d[y, x - 1] + 3.0,
-                    d[y - 1, x - 1] + 4.0, d[y - 1, x + 1] + 4.0,
+                    d[y, x],
+                    d[y - 1, x] + 3.0,
+                    d[y, x - 1] + 3.0,
+                    d[y - 1, x - 1] + 4.0,
+                    d[y - 1, x + 1] + 4.0,
                 )
     for y in range(gh, 0, -1):
         for x in range(gw, 0, -1):
             if d[y, x] > 0.0:
                 d[y, x] = min(
-                    d[y, x], d[y + 1, x] + 3.0, d[y, x + 1] + 3.0,
-                    d[y + 1, x + 1] + 4.0, d[y + 1, x - 1] + 4.0,
+                    d[y, x],
+                    d[y + 1, x] + 3.0,
+                    d[y, x + 1] + 3.0,
+                    d[y + 1, x + 1] + 4.0,
+                    d[y + 1, x - 1] + 4.0,
                 )
     return d[1:-1, 1:-1] / 3.0
 
 
 @njit(cache=True)
-def _component(mask, y0, x0):  # noqa: ANN001, ANN202 - Numba helper
+def _component(mask, y0, x0):
     """The 8-connected component of ``mask`` that holds cell (y0, x0)."""
     gh, gw = mask.shape
     seen = np.zeros((gh, gw), np.bool_)
@@ -236,3 +233,36 @@ def _component(mask, y0, x0):  # noqa: ANN001, ANN202 - Numba helper
                     stack[top] = v * gw + u
                     top += 1
     return seen
+
+
+@njit(cache=True)
+def _pixel_extent(image, threshold, block, cells, extent):
+    """Half-open extent, into ``extent``, of the pixels above ``threshold`` in ``cells``.
+
+    Scans inwards from each side of the cells' bounding box and stops at the first hit.
+    """
+    height, width = image.shape
+    rows = np.flatnonzero(cells.sum(axis=1))
+    cols = np.flatnonzero(cells.sum(axis=0))
+    ya, yb = rows[0] * block, min(height, (rows[-1] + 1) * block)
+    xa, xb = cols[0] * block, min(width, (cols[-1] + 1) * block)
+    top = _first_line(image, threshold, block, cells, ya, yb, 1, xa, xb)
+    if top < 0:
+        return False
+    extent[0] = top
+    extent[2] = _first_line(image, threshold, block, cells, yb - 1, ya - 1, -1, xa, xb) + 1
+    extent[1] = _first_line(image.T, threshold, block, cells.T, xa, xb, 1, ya, yb)
+    extent[3] = _first_line(image.T, threshold, block, cells.T, xb - 1, xa - 1, -1, ya, yb) + 1
+    return True
+
+
+@njit(cache=True)
+def _first_line(image, threshold, block, cells, start, stop, step, lo, hi):
+    """First row in ``range(start, stop, step)`` with a pixel above ``threshold`` in ``cells``
+    among columns ``lo:hi``; -1 when none."""
+    for y in range(start, stop, step):
+        cell_row = cells[y // block]
+        for x in range(lo, hi):
+            if cell_row[x // block] and image[y, x] > threshold:
+                return y
+    return -1

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-
 from ichrt.runtime.contract import DEFAULT_WINDOWS
 from ichrt.runtime.windowing import window_unit
 

@@ -28,9 +28,8 @@ kernel runs on Numba's thread pool (``numba.set_num_threads`` limits it).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
 from ichrt.runtime.contract import ModelContract
+from numba import njit, prange
 
 #: What pixels outside the image read as: air.
 AIR_HU = -1000.0
@@ -181,14 +180,17 @@ def _checked(
 
 def _per_slice(value: np.ndarray | float | None, default: float, n: int, name: str) -> np.ndarray:
     """A scalar or (N,) rescale parameter as a float64 (N,) array."""
-    array = np.broadcast_to(np.asarray(default if value is None else value, np.float64), (n,))
-    if array.shape != (n,):
-        raise ValueError(f"{name} must be a scalar or have shape ({n},)")
-    return np.ascontiguousarray(array)
+    array = np.asarray(default if value is None else value, np.float64)
+    if array.shape not in ((), (n,)):
+        raise ValueError(f"{name} must be a scalar or have shape ({n},), got {array.shape}")
+    return np.array(np.broadcast_to(array, (n,)))  # a fresh writable copy: one signature
 
 
 def _kernel_pixels(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` as a C-contiguous array of a compiled dtype (copying only when needed)."""
+    """``pixels`` as a read-only C-contiguous view of a compiled dtype (copying only when needed).
+
+    Read-only always, so that writable and read-only inputs share one compiled specialization.
+    """
     dtype = pixels.dtype
     if dtype not in KERNEL_DTYPES:
         if dtype.kind in "iu" and dtype.itemsize == 1:
@@ -197,11 +199,13 @@ def _kernel_pixels(pixels: np.ndarray) -> np.ndarray:
             dtype = np.dtype(np.float32)
         else:
             dtype = np.dtype(np.float64)
-    return np.ascontiguousarray(pixels, dtype=dtype)
+    view = np.ascontiguousarray(pixels, dtype=dtype).view()
+    view.flags.writeable = False
+    return view
 
 
 @njit(inline="always", cache=True)
-def _hu(pixels, k, row, col, slope, intercept):  # noqa: ANN001, ANN202 - Numba helper
+def _hu(pixels, k, row, col, slope, intercept):
     """HU of one stored value; ``row`` or ``col`` -1 marks a pixel outside the image (air)."""
     if row < 0 or col < 0:
         return AIR_HU
@@ -209,13 +213,13 @@ def _hu(pixels, k, row, col, slope, intercept):  # noqa: ANN001, ANN202 - Numba 
 
 
 @njit(inline="always", cache=True)
-def _unit(hu, low, inv_width):  # noqa: ANN001, ANN202 - Numba helper
+def _unit(hu, low, inv_width):
     """One window scaled to [0, 1] (the kernel's form of :func:`window_unit`)."""
     return min(max((hu - low) * inv_width, 0.0), 1.0)
 
 
 @njit(parallel=True, cache=True, fastmath=False)
-def _window_kernel(pixels, boxes, slopes, intercepts, lows, inv_widths, scales, offsets, out):  # noqa: ANN001, ANN202, E501
+def _window_kernel(pixels, boxes, slopes, intercepts, lows, inv_widths, scales, offsets, out):
     """The single pass behind :func:`window_batch`; fills ``out`` (N, C, S, S) in place.
 
     First, per slice, the two source neighbours (-1 when outside) and the blend weight of every

@@ -1,6 +1,9 @@
 """Labelled DICOM data in the RSNA 2019 layout for the calibration tests.
 
-Slices are the score tests' head phantoms (a 30 HU brain disc in air) with a 90 HU blob whose
+``phantom_dir`` holds the project's phantoms (``ichrt.runtime.synth.write_dataset``): realistic
+input for the data path. The tiny test model cannot tell their bleeds apart, so the tests that need
+a model that discriminates (thresholds, the INT8 gate) use ``labelled_dir``, whose slices are the
+score tests' head phantoms (a 30 HU brain disc in air) with a 90 HU blob whose
 radius drives the tiny model's ``any`` logit up. Positives get a blob, negatives none; a share of
 labels is flipped so that AUC is high but not 1 and thresholds and calibration have work to do.
 """
@@ -11,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ichrt.runtime.contract import LABELS
 from pydicom.uid import generate_uid
 from score_helpers import head_slice, write_ct
-
-from ichrt.runtime.contract import LABELS
 
 
 def write_labelled_dir(
@@ -59,4 +61,14 @@ def heldout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Another labelled folder from a different seed (the INT8 gate's held-out data)."""
     root = tmp_path_factory.mktemp("calib-heldout")
     write_labelled_dir(root, studies=10, seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three small phantom studies (5-6 slices of 96 x 96) from the runtime's generator."""
+    from ichrt.runtime.synth import write_dataset
+
+    root = tmp_path_factory.mktemp("calib-phantoms")
+    write_dataset(root, studies=3, seed=11, slices=(5, 6), size=96, prevalence=0.5)
     return root

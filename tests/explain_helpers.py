@@ -7,12 +7,11 @@ torch twin ``<arch>.pt`` beside it) from a randomly initialized IchNet.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from math import factorial
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
-
 from ichrt.runtime.contract import ModelContract
 
 
@@ -24,7 +23,6 @@ def export_twin(folder: Path, arch: str = "resnet18", size: int = 96, seed: int 
     from a minimal training checkpoint, so the ONNX file and its torch twin are the shipped kind.
     """
     import torch
-
     from ichrt.export.models import build_model
     from ichrt.export.onnx_export import export_onnx
 
@@ -64,3 +62,25 @@ def compose(x: np.ndarray, background: np.ndarray, boxes: Sequence[tuple[int, in
         y0, x0, y1, x1 = boxes[p]
         out[..., y0:y1, x0:x1] = x[..., y0:y1, x0:x1]
     return out
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Decode an 8-bit gray/RGB PNG written without row filters (as ichrt writes them)."""
+    import struct
+    import zlib
+
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        chunks[kind] = chunks.get(kind, b"") + data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    channels = {0: 1, 2: 3}[colour]
+    assert depth == 8
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, -1)
+    assert not raw[:, 0].any(), "row filters are not supported by this test reader"
+    image = raw[:, 1:].reshape(height, width, channels)
+    return image[..., 0] if channels == 1 else image

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from calibration_helpers import labelled_dir  # noqa: F401 - fixture
-from onnxruntime.quantization import CalibrationDataReader
-
 from ichrt.calibration.dataset import open_labelled
 from ichrt.calibration.reader import SliceCalibrationReader, sample_files
 from ichrt.runtime.dicom import read_slice
 from ichrt.runtime.framing import head_boxes
 from ichrt.runtime.windowing import window_reference
+from onnxruntime.quantization import CalibrationDataReader
+
+pytest_plugins = ("calibration_helpers",)
 
 
 def drain(reader: SliceCalibrationReader) -> list[np.ndarray]:
@@ -21,9 +21,9 @@ def drain(reader: SliceCalibrationReader) -> list[np.ndarray]:
     return batches
 
 
-def test_reader_yields_windowed_batches_from_dicom(tiny_model, labelled_dir, tmp_path):  # noqa: F811
+def test_reader_yields_windowed_batches_from_dicom(tiny_model, phantom_dir, tmp_path):
     _, contract = tiny_model
-    files = open_labelled(labelled_dir).files[:11]
+    files = open_labelled(phantom_dir).files[:11]
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
     rejected: list = []
@@ -41,7 +41,7 @@ def test_reader_yields_windowed_batches_from_dicom(tiny_model, labelled_dir, tmp
     assert reader.slices == 11
 
 
-def test_rewind_and_set_range_replay_the_cache(tiny_model, labelled_dir):  # noqa: F811
+def test_rewind_and_set_range_replay_the_cache(tiny_model, labelled_dir):
     _, contract = tiny_model
     files = open_labelled(labelled_dir).files[:10]
     reader = SliceCalibrationReader.from_files(files, contract, batch_size=4)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ichrt.calibration.metrics import sensitivity_specificity
 from ichrt.calibration.thresholds import (
     choose_thresholds,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from ichrt.runtime.contract import LABELS, ModelContract
 from ichrt.runtime.explain.base import to_slice
 from ichrt.runtime.explain.cam import CamUnavailable, cam_maps
@@ -78,7 +77,7 @@ def twin(request, tmp_path_factory):
 
 def _inputs(size: int) -> np.ndarray:
     rng = np.random.default_rng(7)
-    x = rng.normal(0, 1, (3, 3, size, size)).astype(np.float32)
+    x = rng.normal(0, 1, (2, 3, size, size)).astype(np.float32)
     x[0, :, 20:40, 50:70] += 2.0
     return x
 
@@ -87,11 +86,10 @@ def _inputs(size: int) -> np.ndarray:
 @pytest.mark.parametrize("label", ["any", "subdural"])
 def test_cam_equals_pytorch_grad_cam(twin, label):
     import torch
+    from ichrt.runtime.session import load_model
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from ichrt.runtime.session import load_model
 
     path, net, contract = twin
     size = contract.input_size
@@ -114,12 +112,11 @@ def test_gradcam_explainer_matches_cam_for_negative_logits_too(twin):
     # BinaryClassifierOutputTarget, given the predicted class (0 for a negative logit), takes
     # -logit and explains the label's absence instead, which is why it is not used.
     import torch
+    from ichrt.runtime.explain.gradcam import GradCamExplainer
+    from ichrt.runtime.session import load_model
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
-
-    from ichrt.runtime.explain.gradcam import GradCamExplainer
-    from ichrt.runtime.session import load_model
 
     path, net, contract = twin
     size = contract.input_size
@@ -139,7 +136,7 @@ def test_gradcam_explainer_matches_cam_for_negative_logits_too(twin):
             super().__init__()
             self.inner = net
 
-        def forward(self, t):  # noqa: ANN001, ANN202
+        def forward(self, t):
             return self.inner(t)[:, idx]
 
     single = Single().eval()
@@ -153,10 +150,9 @@ def test_gradcam_explainer_matches_cam_for_negative_logits_too(twin):
 
 @pytest.mark.torch
 def test_gradcam_loads_the_twin_beside_the_model_and_equals_cam(twin):
-    from pytorch_grad_cam.utils.image import scale_cam_image
-
     from ichrt.runtime.explain.batch import make_explainer
     from ichrt.runtime.session import load_model
+    from pytorch_grad_cam.utils.image import scale_cam_image
 
     path, _, contract = twin
     size = contract.input_size
@@ -172,16 +168,16 @@ def test_gradcam_loads_the_twin_beside_the_model_and_equals_cam(twin):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("twin", ["resnet18"], indirect=True)
 def test_gradcam_refuses_a_twin_of_another_model(twin, tmp_path):
     import shutil
 
     import onnx
-
     from ichrt.runtime.explain.base import ExplainError
     from ichrt.runtime.explain.gradcam import GradCamExplainer
     from ichrt.runtime.session import load_model
 
-    path, net, contract = twin
+    path = twin[0]
     other = tmp_path / "other.onnx"
     proto = onnx.load(str(path))
     proto.doc_string = "same weights, another file"
@@ -195,9 +191,9 @@ def test_gradcam_refuses_a_twin_of_another_model(twin, tmp_path):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("twin", ["resnet18"], indirect=True)
 def test_gradcam_refuses_torch_weights_that_disagree_with_onnx(twin):
     import torch
-
     from ichrt.export.models import build_model
     from ichrt.runtime.explain.base import ExplainError
     from ichrt.runtime.explain.gradcam import GradCamExplainer

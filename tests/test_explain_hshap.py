@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from explain_helpers import brute_shapley, compose
-
 from ichrt.runtime.explain.base import ExplainError
 from ichrt.runtime.explain.hshap import (
     HShapExplainer,
@@ -41,7 +40,7 @@ def test_shapley_weights_match_brute_force_on_random_games():
         v = rng.normal(size=16)
         v[0] = rng.normal()
 
-        def game(coalition: frozenset) -> float:
+        def game(coalition: frozenset, v: np.ndarray = v) -> float:
             return v[sum(1 << p for p in coalition)]
 
         np.testing.assert_allclose(v @ w, brute_shapley(game, 4), atol=1e-12)

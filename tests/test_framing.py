@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from windowing_helpers import as_windowed_source, synthetic_head
-
 from ichrt.runtime.framing import GRID, head_boxes
 from ichrt.runtime.windowing import centred_boxes
+from windowing_helpers import as_windowed_source, synthetic_head
 
 MARGIN = 0.05
 
 
-def assert_frames(box: np.ndarray, extent: tuple[int, int, int, int], shape: tuple[int, int],
-                  margin: float = MARGIN) -> None:
+def assert_frames(
+    box: np.ndarray,
+    extent: tuple[int, int, int, int],
+    shape: tuple[int, int],
+    margin: float = MARGIN,
+) -> None:
     """The box is square, holds the whole head and is at most one grid block wider than the
     head's larger side grown by the margin."""
     y0, x0, y1, x1 = (int(v) for v in box)
@@ -76,7 +79,7 @@ def test_batch_slices_are_independent_and_deterministic() -> None:
     boxes = head_boxes(batch)
     assert boxes.shape == (3, 4) and boxes.dtype == np.int32
     for k in range(3):
-        np.testing.assert_array_equal(boxes[k], head_boxes(batch[k:k + 1])[0])
+        np.testing.assert_array_equal(boxes[k], head_boxes(batch[k : k + 1])[0])
     np.testing.assert_array_equal(boxes, head_boxes(batch))
     assert not np.array_equal(boxes[0], boxes[1])
 

@@ -134,3 +134,15 @@ def test_contract_temperature_and_thresholds_survive_loading(tmp_path: Path) -> 
     make_tiny_model(path, contract=want)
     model = load_model(path, provider="cpu")
     assert model.contract.threshold("any") == 0.3 and model.contract.temperature("any") == 2.0
+
+
+def test_io_binding_path_gives_the_same_outputs(tiny_model, monkeypatch) -> None:
+    # The GPU path (IO binding) also runs on a CPU session, so it can be checked here.
+    model = load_model(tiny_model[0], provider="cpu", threads=1)
+    x = np.random.default_rng(1).normal(0, 1, (4, 3, 32, 32)).astype(np.float32)
+    plain = model.run(x)
+    monkeypatch.setattr(session_mod.LoadedModel, "on_gpu", property(lambda self: True))
+    bound = model.run(x, ("logits", "features"))
+    assert list(bound) == ["logits", "features"]
+    np.testing.assert_array_equal(bound["logits"], plain["logits"])
+    np.testing.assert_array_equal(bound["features"], plain["features"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from ichrt.runtime.windowing import window_unit
 
 
@@ -44,7 +43,7 @@ def synthetic_head(
         hu[(arc >= 0.0) & (arc < holder_thickness) & (yy > cy + 0.1 * ry)] = 300.0
     if text:
         for top, left in ((8, 8), (height - 40, 8)):
-            block = hu[top:top + 30, left:left + 150]
+            block = hu[top : top + 30, left : left + width // 5]
             strokes = rng.random(block.shape) < 0.45
             strokes[:, ::7] = False
             block[strokes] = 3000.0

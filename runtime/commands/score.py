@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
-from ichrt.runtime.contract import ContractError
+from ichrt.runtime.contract import LABELS, ContractError
 from ichrt.runtime.explain import ExplainError
 from ichrt.runtime.scorer import EXPLAIN_METHODS, Scorer, ScoreResult, write_result
 from ichrt.runtime.session import PROVIDERS, ModelError, ProviderUnavailable
@@ -18,7 +18,7 @@ from ichrt.runtime.worklist import summary_table
 #: The ``--demo`` dataset: a few phantom studies, some with bleeds, from a seed used nowhere else.
 DEMO_STUDIES = 6
 DEMO_SEED = 90210
-DEMO_SLICES = (20, 24)
+DEMO_SLICES = (16, 20)
 DEMO_PREVALENCE = 0.5
 
 EPILOG = """\b
@@ -92,8 +92,9 @@ def score(
         click.echo("warning: this model has no CAM weights; no heat maps will be written", err=True)
     if demo:
         with tempfile.TemporaryDirectory(prefix="ichrt-demo-") as tmp:
-            result = _run(scorer, [_write_demo(Path(tmp))])
-            _finish(ctx, scorer, result, out_dir, as_json, show_phi)
+            dataset = Path(tmp)
+            result = _run(scorer, [_write_demo(dataset)])
+            _finish(ctx, scorer, result, out_dir, as_json, show_phi, _demo_truth(result, dataset))
     else:
         result = _run(scorer, list(paths))
         _finish(ctx, scorer, result, out_dir, as_json, show_phi)
@@ -114,17 +115,23 @@ def _run(scorer: Scorer, paths: list[Path]) -> ScoreResult:
 
 
 def _finish(ctx: click.Context, scorer: Scorer, result: ScoreResult, out_dir: Path | None,
-            as_json: bool, show_phi: bool) -> None:
+            as_json: bool, show_phi: bool, truth: dict[str, list[str]] | None = None) -> None:
     """Write the files, print the summary, and exit with the documented code."""
     if out_dir is not None:
         document = write_result(result, out_dir, show_phi=show_phi, explainer=scorer.explainer)
     else:
         document = result.to_dict(show_phi)
+    if truth is not None:
+        document["demo_truth"] = truth
     if as_json:
         click.echo(json.dumps(document, indent=2))
     else:
         click.echo(f"model: {result.model.display}")
         click.echo(summary_table(result.studies, result.threshold, show_phi))
+        if truth is not None:
+            click.echo("phantom ground truth by rank: " + "; ".join(
+                f"{rank} {'+'.join(truth.get(s.study_uid, [])) or 'normal'}"
+                for rank, s in enumerate(result.studies, start=1)))
         if result.rejected:
             where = f" (see {document['outputs']['rejected.csv']})" if out_dir else ""
             click.echo(f"{len(result.rejected)} of {result.n_inputs} input files rejected{where}")
@@ -135,9 +142,25 @@ def _finish(ctx: click.Context, scorer: Scorer, result: ScoreResult, out_dir: Pa
 
 def _write_demo(folder: Path) -> Path:
     """Write the demo phantom studies (RSNA layout) into ``folder``; return the DICOM folder."""
+    from ichrt.runtime.rsna_layout import IMAGES_DIR
     from ichrt.runtime.synth import write_dataset
 
     click.echo(f"demo: generating {DEMO_STUDIES} phantom studies (seed {DEMO_SEED})", err=True)
     write_dataset(folder, studies=DEMO_STUDIES, seed=DEMO_SEED, slices=DEMO_SLICES,
                   prevalence=DEMO_PREVALENCE)
-    return folder / "stage_2_train"
+    return folder / IMAGES_DIR
+
+
+def _demo_truth(result: ScoreResult, folder: Path) -> dict[str, list[str]]:
+    """The phantom labels present on any slice of each study (from the dataset's label file)."""
+    from ichrt.runtime.rsna_layout import LABELS_FILE, read_labels_csv
+
+    labels = read_labels_csv(folder / LABELS_FILE)
+    truth: dict[str, set[str]] = {s.study_uid: set() for s in result.studies}
+    for item in result.slices:
+        values = labels.get(Path(item.identity.path).stem)
+        if values is not None:
+            present = [name for name, v in zip(LABELS, values) if v >= 0.5]
+            subtypes = [name for name in present if name != "any"]
+            truth[item.identity.study_uid].update(subtypes or present)
+    return {uid: sorted(found) for uid, found in truth.items()}

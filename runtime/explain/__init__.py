@@ -32,8 +32,8 @@ Importing this package and computing CAM or h-Shap never imports torch.
 
 from ichrt.runtime.explain.base import (
     METHODS,
-    ExplainError,
     Explainer,
+    ExplainError,
     ExtraMissing,
     normalize,
     otsu_threshold,

@@ -15,7 +15,7 @@ value on the slice pixel it describes; slice pixels outside the box get 0.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

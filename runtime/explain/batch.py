@@ -9,12 +9,12 @@ write_explanation`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
-from ichrt.runtime.explain.base import METHODS, ExplainError, Explainer, to_slice
+from ichrt.runtime.explain.base import METHODS, Explainer, ExplainError, to_slice
 
 
 @dataclass
@@ -74,3 +74,24 @@ def explain_slices(
         heatmap = to_slice(raw, box, tuple(shape))
         result.append(SliceExplanation(heatmap, explainer.name, share + time.perf_counter() - t0))
     return result
+
+
+def time_methods(
+    model, tensors: np.ndarray, methods: Sequence[str] = METHODS, label: str = "any"
+) -> dict[str, float | str]:
+    """Seconds per slice of each method on ``tensors`` (N, C, S, S), for ``ichrt bench``.
+
+    Only the map is timed (inference for ``features`` included, as when explaining on demand);
+    a method this model or install cannot run gets the reason instead of a time.
+    """
+    figures: dict[str, float | str] = {}
+    for method in methods:
+        try:
+            explainer = make_explainer(method, model)
+        except ExplainError as exc:
+            figures[method] = f"unavailable: {exc}"
+            continue
+        start = time.perf_counter()
+        explainer.maps(tensors, None, label)
+        figures[method] = (time.perf_counter() - start) / max(1, len(tensors))
+    return figures

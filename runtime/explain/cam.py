@@ -14,12 +14,11 @@ callers fall back to Grad-CAM (torch) or h-Shap.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
-
 from ichrt.runtime.contract import ModelContract
-from ichrt.runtime.explain.base import ExplainError, Explainer, label_index
+from ichrt.runtime.explain.base import Explainer, ExplainError, label_index
 
 
 class CamUnavailable(ExplainError):

@@ -23,12 +23,12 @@ label", which is the raw logit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
-
-from ichrt.runtime.explain.base import ExplainError, Explainer, ExtraMissing, label_index
+from ichrt.runtime.explain.base import Explainer, ExplainError, ExtraMissing, label_index
 
 #: Relative/absolute tolerance between torch and ONNX Runtime logits for the same weights.
 PARITY_TOL = 1e-3
@@ -72,7 +72,7 @@ def load_checkpoint(model) -> Any:
         net, _ = load_torch_twin(path, model.path)
     except ExportError as exc:
         raise ExplainError(f"{exc}; refusing to explain one model with another's weights") from exc
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:
         raise ExplainError(f"{path}: not a readable torch checkpoint: {exc}") from exc
     return net
 

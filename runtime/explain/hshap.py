@@ -23,13 +23,12 @@ quadrant gives an empty map instead of an error.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from math import cos, factorial, sin
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
-
-from ichrt.runtime.explain.base import ExplainError, Explainer, label_index
+from ichrt.runtime.explain.base import Explainer, ExplainError, label_index
 
 #: A game's value for a batch of composed images (B, C, H, W) -> (B,).
 ValueFn = Callable[[np.ndarray], np.ndarray]
@@ -47,7 +46,7 @@ def shapley_weights(players: int = PLAYERS) -> np.ndarray:
     """
     w = np.zeros((2**players, players))
     for s in range(2**players):
-        size = bin(s).count("1")
+        size = s.bit_count()
         for i in range(players):
             if s >> i & 1:  # s = S + i: enters with the weight of S = s - i
                 w[s, i] += factorial(size - 1) * factorial(players - size) / factorial(players)

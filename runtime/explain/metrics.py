@@ -10,10 +10,9 @@ Boxes (radiologist rectangles, e.g. BHX) become a mask with :func:`boxes_to_mask
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-
 from ichrt.runtime.explain.base import otsu_threshold, peak_location
 
 

@@ -8,11 +8,11 @@ so nothing is written outside ``out_dir``.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-
 from ichrt.runtime.explain.base import normalize, otsu_threshold, peak_location, to_slice
 from ichrt.runtime.explain.metrics import boxes_to_mask, localization
 from ichrt.runtime.explain.overlay import write_overlay

@@ -6,11 +6,10 @@ plain gray); the Otsu contour of the map is white; ground-truth boxes and mask o
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
-
 from ichrt.runtime.explain.metrics import boxes_to_mask, threshold_region
 
 #: Brain window (level, width) in HU of the background picture.

@@ -40,10 +40,10 @@ class PhantomConfig:
     p_calcification: tuple[float, float, float] = (0.55, 0.6, 0.08)
 
     # --- tissue densities (HU) ---
+    #: white matter HU, gray - white contrast, and the range gray matter is kept in.
+    white_matter: Range = (22.0, 30.0)
+    gray_white: Range = (6.0, 13.0)
     gray_matter: Range = (36.0, 44.0)
-    white_matter: Range = (21.0, 29.0)
-    #: lower bound on gray - white contrast; drawn pairs closer than this are pushed apart.
-    min_gray_white: float = 5.0
     csf: Range = (2.0, 12.0)
     bone: Range = (1150.0, 1750.0)
 
@@ -86,6 +86,8 @@ class PhantomConfig:
     p_large_rotation: float = 0.04
 
     # --- lesions ---
+    #: share of positive studies when a study's status is not given.
+    prevalence: float = 0.35
     #: relative frequency of each subtype in positive studies (LABELS[1:] order).
     subtype_weights: tuple[float, ...] = (0.12, 0.30, 0.18, 0.22, 0.28)
     #: probability of a second, third, ... distinct subtype in a positive study.
@@ -130,7 +132,7 @@ def _shifted() -> PhantomConfig:
         ventricle_scale=(0.55, 2.4),
         gray_matter=(35.0, 45.0),
         white_matter=(20.0, 30.0),
-        min_gray_white=3.5,
+        gray_white=(4.0, 15.0),
         csf=(0.0, 15.0),
         bone=(900.0, 1800.0),
         fov=((165.0, 192.0), (270.0, 330.0)),

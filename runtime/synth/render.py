@@ -126,17 +126,21 @@ def _fourier(coef, row, zn, c, s):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _floor_z(h, x, y):  # noqa: ANN001, ANN202 - Numba helper
-    """Height of the cranial floor under (x, y): anterior, middle and posterior fossae."""
+def _floor_z(h, tex, x, y):  # noqa: ANN001, ANN202 - Numba helper
+    """Height of the cranial floor under (x, y): anterior fossa (orbital roofs), middle and
+    posterior fossae as bowls, petrous crests, sphenoid body and clivus, foramen magnum."""
     ax = abs(x)
-    wa = _sig((y - (h.y_sph + 0.12 * ax)) / 2.0)
+    ridge = h.y_sph + 0.1 * ax + 0.004 * ax * ax + 4.0 * _tex(tex, TEX_SMOOTH, ax * 0.1, 60.0)
+    wa = _sig((y - ridge) / 2.0)
     dp = y - (h.y_pet - h.k_pet * ax)
     wp = _sig(-dp / 2.0)
-    z_af = h.z_af - 7.0 * math.exp(-(x / 6.0) ** 2) + 5.0 * math.exp(-((ax - 24.0) / 11.0) ** 2)
-    z_mf = h.z_mf + 14.0 * math.exp(-(ax / 16.0) ** 2)
+    roof = math.exp(-((ax - 22.0) / 11.0) ** 2 - ((y - h.oy + 22.0) / 18.0) ** 2)
+    z_af = h.z_af - 7.0 * math.exp(-(x / 6.0) ** 2) + 9.0 * roof + 0.22 * (y - h.y_sph - 25.0)
+    z_mf = h.z_mf + 10.0 * ((ax - 33.0) / 22.0) ** 2 + 8.0 * ((y - h.y_sph + 26.0) / 22.0) ** 2
     y_fm = _brainstem_y(h, h.z_pf)
-    z_pf = h.z_pf + 24.0 * ((x / 46.0) ** 2 + ((y - y_fm) / 46.0) ** 2)
-    floor = wa * z_af + (1.0 - wa) * (wp * z_pf + (1.0 - wp) * z_mf)
+    z_pf = h.z_pf + 22.0 * ((x / 56.0) ** 2 + ((y - y_fm + 16.0) / 52.0) ** 2)
+    floor = wa * z_af + (1.0 - wa) * (wp * z_pf + (1.0 - wp) * min(z_mf, h.z_pc))
+    floor += 3.5 * _tex(tex, TEX_SMOOTH, x * 0.12 + 30.0, y * 0.12)
     # petrous ridges: raised crests along the middle / posterior fossa border
     lateral = _sig((ax - 12.0) / 2.0) * _sig((58.0 - ax) / 3.0)
     crest = h.z_pc - 0.09 * dp * dp - 0.06 * ax
@@ -208,25 +212,43 @@ def _ellipsoid_q(px, py, pz, e):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _cortex(h, tex, d, s_coord, z):  # noqa: ANN001, ANN202 - Numba helper
-    """Tissue at depth d (mm) below the brain surface with surface coordinate s: CSF/GM/WM."""
+def _sulcus(h, tex, d, phase, depth, period):  # noqa: ANN001, ANN202 - Numba helper
+    """Tissue from the distance to the nearest line of one sulcal family: 0 none, CSF or GM."""
+    k = math.floor(phase + 0.5)
+    dist = abs(phase - k) * period
+    deep = depth * (0.15 + 0.85 * _sig(3.0 * _tex(tex, TEX_SMOOTH, k * 7.31, depth * 3.7)))
+    if d >= deep + 0.7 * h.gm_t:
+        return 0
+    width = (h.sul_w * math.sqrt(max(0.0, 1.0 - d / deep)) + 0.12) if d < deep else 0.0
+    if dist < width:
+        return T_CSF
+    if dist < width + h.gm_t:
+        return T_GM
+    return 0
+
+
+@_jit
+def _cortex(h, tex, d, s_coord, z, depth):  # noqa: ANN001, ANN202 - Numba helper
+    """Tissue at depth d (mm) below the brain surface with surface coordinate s: CSF/GM/WM.
+
+    Sulci (up to ``depth`` mm deep; 0 = none) are lines of two families (deep primaries,
+    shallow branches between them) whose course wanders along the surface and wiggles with
+    depth, lined by cortex."""
     if d < 0.0:
         return T_CSF
-    warp = h.sul_W * _tex(tex, TEX_SMOOTH, s_coord * 0.09, z * 0.11)
-    bend = 0.35 * d * _tex(tex, TEX_MEDIUM, s_coord * 0.05 + 40.0, z * 0.07)
-    phase = (s_coord + warp + bend) / h.sul_P
-    k = math.floor(phase + 0.5)
-    dist = abs(phase - k) * h.sul_P
-    depth = h.sul_D * (0.3 + 0.7 * _sig(2.5 * _tex(tex, TEX_SMOOTH, k * 7.31, z * 0.05 + 90.0)))
-    if d < depth:
-        width = h.sul_w * math.sqrt(1.0 - d / depth) + 0.15
-        if dist < width:
-            return T_CSF
-        if dist < width + h.gm_t:
-            return T_GM
-    if d < h.gm_t or (d < depth + h.gm_t and dist < 0.15 + h.gm_t):
-        return T_GM
-    return T_WM
+    if depth <= 0.0:
+        return T_GM if d < h.gm_t else T_WM
+    period = h.sul_P
+    wander = h.sul_W * _tex(tex, TEX_SMOOTH, s_coord * 0.25, z * 0.12)
+    wiggle = 2.4 * _tex(tex, TEX_MEDIUM, s_coord * 0.3 + 17.0, d * 0.45 + z * 0.15)
+    phase = (s_coord + wander + wiggle) / period
+    t = _sulcus(h, tex, d, phase, depth, period)
+    if t == 0:
+        t = _sulcus(h, tex, d, phase + 0.5 + 0.15 * _tex(tex, TEX_SMOOTH, z * 0.1, s_coord * 0.04),
+                    0.45 * depth, period)
+    if t != 0:
+        return t
+    return T_GM if d < h.gm_t else T_WM
 
 
 @_jit
@@ -314,17 +336,15 @@ def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):  # noqa: ANN001, ANN202 
     cm = (x / (11.0 * h.cm_size)) ** 2 + ((y - y_fm + 30.0) / (13.0 * h.cm_size)) ** 2
     if cm + ((z - h.z_pf - 4.0) / (9.0 * h.cm_size)) ** 2 < 1.0:
         return T_CSF
-    d = min(dc, tent - z - 0.8, z - floor - 1.0)
+    d = min(dc, (tent - z) * 0.9 - 0.3, (z - floor) * 0.9 - 0.6)
     if d < 0.0:
         return T_CSF
-    # folia: concentric thin fissures around the fourth ventricle
-    ry0 = y - (yb - 10.0)
-    rho = math.sqrt(x * x + ry0 * ry0 + 0.3 * z * z)
-    phase = (rho + 2.0 * _tex(tex, TEX_MEDIUM, x * 0.15, y * 0.15 + z * 0.2)) / h.folia_P
+    # folia: thin fissures near the surface, roughly parallel to it
+    phase = (d + 2.5 * _tex(tex, TEX_MEDIUM, x * 0.12, y * 0.12 + z * 0.2)) / h.folia_P
     frac = abs(phase - math.floor(phase + 0.5))
-    if d < 9.0 and frac < 0.09:
+    if d < 6.0 and frac < 0.06 and _tex(tex, TEX_SMOOTH, x * 0.3, y * 0.3) > -0.3:
         return T_CSF
-    if d > 12.0 and abs(x) > 7.0:
+    if d > 14.0 and abs(x) > 8.0:
         return T_WM
     return T_GM
 
@@ -342,7 +362,8 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
     dp = y - (h.y_pet - h.k_pet * ax)
     tent = _tent_z(h, x, y)
     if dp < 0.0 and z < tent:
-        if z > tent - 0.7:
+        incisura = (x / 15.0) ** 2 + ((y - h.y_ta) / 24.0) ** 2 < 1.0
+        if z > tent - 0.7 and not incisura:
             return T_DURA, 0, -1
         return _posterior_fossa(h, tex, x, y, z, dc, floor, tent), 0, -1
     # midline shift (mass effect) moves the deep structures and the lower falx
@@ -359,30 +380,35 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
     # surfaces: convexity, cranial floor / tentorium, medial
     d = dc
     s_coord = math.atan2(x, yr) * (h.A + h.B) * 0.5
-    d_floor = (z - floor) * 0.9 - 1.0
+    depth = h.sul_D
+    d_floor = (z - floor) * 0.9 - 0.4
     if dp < 6.0:
-        d_floor = min(d_floor, (z - tent) * 0.9 - 1.0)
+        d_floor = min(d_floor, (z - tent) * 0.9 - 0.4)
     if d_floor < d:
         d = d_floor
-        s_coord = 0.8 * x + 0.6 * y
+        depth = 0.0
     if falx:
         d_med = dm - h.ih_w
         if d_med < d:
             d = d_med
             s_coord = y + 0.5 * z
-    tissue = _cortex(h, tex, d, s_coord, z)
+            depth = 0.5 * h.sul_D
+    tissue = _cortex(h, tex, d, s_coord, z, depth)
     # sylvian fissure and insula
     if -32.0 < z < 12.0 and tissue != T_CSF:
-        x_min = h.x_ins if z > -16.0 else 16.0
+        x_ins = h.x_ins + 3.0 * ((y - h.y_syl - 3.0) / 16.0) ** 2
+        x_min = x_ins if z > -16.0 else 16.0
         if ax > x_min - h.gm_t:
-            y_syl = h.y_syl + 0.3 * (ax - h.x_ins) - 0.15 * z
+            wave = 4.0 * _tex(tex, TEX_MEDIUM, ax * 0.1 + 50.0, z * 0.1 + (1.0 if x > 0 else 0.0))
+            y_syl = h.y_syl + 0.3 * (ax - h.x_ins) - 0.15 * z + wave
             dy = abs(y - y_syl)
-            if ax > x_min and dy < h.w_syl:
+            w_syl = h.w_syl * (0.6 + 0.5 * _sig(2.0 * _tex(tex, TEX_SMOOTH, ax * 0.2, z * 0.2 + 9.0)))
+            if ax > x_min and dy < w_syl:
                 tissue = T_CSF
-            elif ax > x_min and dy < h.w_syl + h.gm_t:
+            elif ax > x_min and dy < w_syl + h.gm_t:
                 tissue = T_GM
-            elif z > -16.0 and abs(y - h.y_syl - 3.0) < 20.0 and ax < h.x_ins + 1.5:
-                tissue = T_CSF if ax > h.x_ins else T_GM
+            elif z > -16.0 and abs(y - h.y_syl - 3.0) < 18.0 and ax < x_ins + 0.6 * h.w_syl:
+                tissue = T_CSF if ax > x_ins else T_GM
     # suprasellar cistern
     if h.z_sella < z < h.z_sella + 14.0:
         q = (xd / 13.0) ** 2 + ((y - h.y_ds - 10.0) / 10.0) ** 2
@@ -416,18 +442,16 @@ def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
     if g < h.globe_r * h.globe_r:
         lens = (ex / 4.5) ** 2 + ((ey - 0.78 * h.globe_r) / 1.8) ** 2 + (ez / 4.5) ** 2
         return T_LENS if lens < 1.0 else T_EYE
-    if ey < 0.0 and ey > -40.0:
-        t = 1.0 + ey / 40.0
+    if -40.0 < ey < 0.6 * h.globe_r:
+        t = min(1.0, 1.0 + ey / 40.0)
         axis_x = 12.0 + (h.ox - 12.0) * t
         axis_z = h.oz + 3.0 * (1.0 - t)
         rr = math.sqrt((ax - axis_x) ** 2 + (z - axis_z) ** 2)
-        rad = 5.0 + (h.globe_r + 2.0) * t
+        rad = 3.0 + (h.globe_r + 2.0) * math.sqrt(t)
         if rr < rad:
-            return T_SOFT if rr < 2.2 else T_FAT
+            return T_SOFT if rr < 2.2 and ey < -h.globe_r else T_FAT
         if rr < rad + 1.8:
             return T_BONE
-    elif 0.0 <= ey < h.globe_r and math.sqrt(ex * ex + ez * ez) < h.globe_r + 4.0:
-        return T_FAT
     honey = _tex(tex, TEX_FINE, x * 0.9, y * 0.9 + z * 0.6)
     # sphenoid sinus under the sella
     q = (x / (13.0 * h.sphenoid)) ** 2 + ((y - h.y_ds - 14.0) / (11.0 * h.sphenoid)) ** 2
@@ -456,12 +480,15 @@ def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
     q += ((z - h.z_pc + 12.0) / 12.0) ** 2
     if q < 1.0:
         return T_AIR if honey > 0.1 else T_BONE
-    if depth < h.t_base:
+    # bone plate under the floor: normal distance from the floor's slope (walls where it steps)
+    gx = _floor_z(h, tex, x + 0.7, y) - floor
+    gy = _floor_z(h, tex, x, y + 0.7) - floor
+    if depth * depth < h.t_base * h.t_base * (1.0 + (gx * gx + gy * gy) / 0.49):
         return T_BONE
     dp = y - (h.y_pet - h.k_pet * ax)
-    if 12.0 < ax < 56.0 and abs(dp) < 9.0 and depth < 22.0:
+    if 12.0 < ax < 56.0 and abs(dp) < 8.0 and depth < 16.0:
         return T_BONE
-    return T_FAT if _tex(tex, TEX_MEDIUM, x * 0.2 + 70.0, y * 0.2 + z * 0.2) > 1.1 else T_SOFT
+    return T_FAT if _tex(tex, TEX_MEDIUM, x * 0.3 + 70.0, y * 0.3 + z * 0.2) > 1.6 else T_SOFT
 
 
 @_jit
@@ -589,7 +616,7 @@ def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, A
         if z > 0.0:
             slope = 0.5 * (h.A + h.B) * z / (h.C * h.C * max(f_in, 0.08))
         d_in = (r_in - r) / math.sqrt(1.0 + slope * slope)
-    floor = _floor_z(h, x, y)
+    floor = _floor_z(h, tex, x, y)
     if d_in > 0.0 and z > floor:
         return _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in,
                                    floor, ys_)
@@ -622,11 +649,13 @@ def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, A
 
 
 @nb.njit(cache=True, fastmath=True, nogil=True, parallel=True)
-def render_kernel(h, tex, coef, vseg, deep, les, zs, spacing, hu, tissue, bits):  # noqa: ANN001, ANN201, E501
+def render_kernel(head, tex, coef, vseg, deep, les, zs, spacing, hu, tissue, bits):  # noqa: ANN001, ANN201, E501
     """Fill ``hu`` (float32), ``tissue`` (uint8) and ``bits`` (uint8) for the slice at table
-    position ``zs`` (mm) with square pixels of ``spacing`` mm."""
+    position ``zs`` (mm) with square pixels of ``spacing`` mm; ``head`` is a 1-element array of
+    HEAD_DTYPE (records cannot cross Numba's parallel boundary by value)."""
     rows, cols = hu.shape
     for i in nb.prange(rows):
+        h = head[0]
         ys_ = (i + 0.5 - rows / 2.0) * spacing
         dy = -(ys_ - h.cy)
         dz = zs - h.cz
