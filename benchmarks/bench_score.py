@@ -9,6 +9,7 @@ measured in the same process.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,17 @@ from ichrt.runtime.commands.bench import (
 )
 from ichrt.runtime.session import LoadedModel, ModelError, default_model_path, load_model
 
+#: The tests' helpers (the tiny model), also when this file runs on its own.
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
 
 @pytest.fixture(scope="module")
 def bench_model(tmp_path_factory) -> LoadedModel:
     try:
         return load_model(default_model_path())
     except ModelError:
+        if str(TESTS) not in sys.path:
+            sys.path.insert(0, str(TESTS))
         from tinymodel import make_tiny_model
 
         path = tmp_path_factory.mktemp("bench") / "tiny.onnx"

@@ -81,6 +81,15 @@ def model_errors(ctx: click.Context, command: str) -> Iterator[None]:
         ctx.exit(EXIT_ERROR)
 
 
+def require_onnx() -> None:
+    """Writing models needs the ``onnx`` package (the 'calibration' extra): a usage error if absent."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise click.UsageError(
+            "this command needs the 'onnx' package: pip install 'ichrt[calibration]'") from exc
+
+
 def beside(out: Path, suffix: str) -> Path:
     """``out`` with its extension replaced by ``suffix`` (e.g. ``model.calibration.json``)."""
     return out.with_name(out.stem + suffix)
@@ -149,6 +158,7 @@ def quantize(
     from ichrt.calibration.report import write_json
     from ichrt.runtime.session import load_model
 
+    require_onnx()
     report = report or beside(out, ".quantize.json")
     with usage_errors():
         if holdout_dir is not None:
@@ -257,6 +267,7 @@ def threshold(
     from ichrt.calibration.reliability import write_reliability_png
     from ichrt.calibration.report import write_json
 
+    require_onnx()
     report = report or beside(out, ".calibration.json")
     picture = picture or beside(out, ".reliability.png")
     with usage_errors(), model_errors(ctx, "calibrate threshold"), \

@@ -68,8 +68,9 @@ def _command_line() -> str:
 @click.option("--format", "fmt", default="rsna", show_default=True,
               type=click.Choice(sorted(FORMATS)),
               help="Layout of --data folders: rsna (stage_2_train.csv + stage_2_train/*.dcm, "
-                   "also what 'ichrt synth' writes) or imagefolder (hemorrhage/, "
-                   "no_hemorrhage/ of 8-bit images, mapped back to HU of the brain window).")
+                   "also what 'ichrt synth' writes), imagefolder (hemorrhage/, no_hemorrhage/ "
+                   "of 8-bit images, mapped back to HU of the brain window), or one of the real "
+                   "sources of shared/realtrain (ctich, roboflow, bhsd, rsna200).")
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON list of stages instead of --data/--epochs, e.g. pretrain on phantoms "
                    "then train on real + phantom data (see ichrt.export.train.load_recipe).")
@@ -224,8 +225,8 @@ def export(run: Path, out: Path, which: str, name: str | None, as_json: bool) ->
         return
     auc = (contract.metrics.get("validation", {}).get("auc") or {}).get("any")
     diffs = contract.provenance.get("parity_max_abs_diff", {})
+    worst = max(diffs.get("probs", float("nan")), diffs.get("features", float("nan")))
     click.echo(f"exported {out} (sha256:{sha256_file(out)[:12]}): {contract.arch}, input "
                f"{contract.input_size}, labels {','.join(contract.labels)}, CAM "
                f"{'yes' if contract.cam_weights else 'no'}, val AUC(any) "
-               f"{'n/a' if auc is None else f'{auc:.4f}'}, torch/ORT max diff "
-               f"{max(diffs.values()) if diffs else float('nan'):.1e}")
+               f"{'n/a' if auc is None else f'{auc:.4f}'}, torch/ORT max diff {worst:.1e}")

@@ -11,19 +11,22 @@ Formats:
   ingest (:func:`ichrt.runtime.dicom.read_slice`), so HU corrections match scoring exactly.
 - ``imagefolder``: the seed's layout, one folder per class of 8-bit images. Gray values are mapped
   back to the HU range of the window they were made with (see :func:`gray8_to_hu`).
+- ``ctich``, ``roboflow``, ``bhsd``, ``rsna200``: the real sources of ``shared/realtrain/``
+  (:mod:`ichrt.export.sources`).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ichrt.export.samples import Sample, make_labels
+from ichrt.export.samples import Box, Sample, make_labels
 from ichrt.runtime.contract import DEFAULT_WINDOWS, LABELS
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,11 @@ log = logging.getLogger(__name__)
 FORMATS: dict[str, str] = {
     "rsna": "ichrt.export.datasets:iter_rsna",
     "imagefolder": "ichrt.export.datasets:iter_imagefolder",
+    # the real, publisher-windowed sources of shared/realtrain/ (see ichrt.export.sources)
+    "ctich": "ichrt.export.sources:iter_ctich",
+    "roboflow": "ichrt.export.sources:iter_roboflow",
+    "bhsd": "ichrt.export.sources:iter_bhsd",
+    "rsna200": "ichrt.export.sources:iter_rsna200",
 }
 
 #: ImageFolder class folders of the seed and their ``any`` label.
@@ -105,21 +113,10 @@ def _find_one(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise DatasetError(f"{root}: no {what} found (looked for {', '.join(names)})")
 
 
-def _read_mask(path: Path) -> np.ndarray | None:
-    """The union hemorrhage mask (H, W) bool from a ``masks/ID_*.npz`` file, or None if absent.
-
-    Accepts the phantom generator's per-subtype stack (5, H, W) or a single (H, W) mask.
-    """
-    if not path.exists():
-        return None
-    with np.load(path) as data:
-        arr = np.asarray(data[data.files[0]])
-    arr = arr.astype(bool)
-    if arr.ndim == 3:
-        return arr.any(axis=0)
-    if arr.ndim == 2:
-        return arr
-    raise DatasetError(f"{path}: mask has shape {arr.shape}, expected (H, W) or (K, H, W)")
+def _boxes(boxes: list) -> list[Box]:
+    """rsna_layout boxes (x, y, width, height) as half-open pixel boxes (y0, x0, y1, x1, label)."""
+    return [(math.floor(b.y), math.floor(b.x), math.ceil(b.y + b.height),
+             math.ceil(b.x + b.width), b.label) for b in boxes]
 
 
 def iter_rsna(
@@ -131,20 +128,33 @@ def iter_rsna(
     """Samples from the RSNA 2019 layout (Kaggle's, or the phantom generator's output).
 
     Labels come from ``stage_2_train.csv`` (``stage_1_train.csv`` as fallback); slices without a
-    label row are skipped and counted. ``group_by`` is ``"study"`` (StudyInstanceUID) or
-    ``"patient"`` (PatientID, falling back to the study). Files the runtime's ingest rejects are
-    skipped, logged with their reason, and appended to ``rejected`` as (path, reason).
+    label row are skipped and counted. Masks (``masks/ID_*.npz``, union of the subtypes; a slice
+    without a file is empty when the folder exists) and boxes (``boxes.csv``, or a BHX-style file
+    keyed by SOPInstanceUID) are attached when present.
+    Groups: ``"study"`` takes the study of ``studies.csv`` when present, else the file's
+    StudyInstanceUID; ``"patient"`` takes PatientID (falling back to the study). Files the
+    runtime's ingest rejects are skipped, logged with their reason, and appended to ``rejected``
+    as (path, reason).
     """
+    from ichrt.runtime import rsna_layout as layout
     from ichrt.runtime.dicom import IngestError, read_slice
-    from ichrt.runtime.rsna_layout import read_labels_csv
 
     if group_by not in ("study", "patient"):
         raise ValueError(f"group_by must be 'study' or 'patient', got {group_by!r}")
     root = Path(root)
-    labels_csv = _find_one(root, ("stage_2_train.csv", "stage_1_train.csv"), "labels CSV")
-    image_dir = _find_one(root, ("stage_2_train", "stage_1_train_images", "stage_2_train_images"),
-                          "image folder")
-    labels = read_labels_csv(labels_csv)
+    labels_csv = _find_one(root, (layout.LABELS_FILE, "stage_1_train.csv"), "labels CSV")
+    image_dir = _find_one(root, (layout.IMAGES_DIR, "stage_1_train_images",
+                                 "stage_2_train_images"), "image folder")
+    labels = layout.read_labels_csv(labels_csv)
+    study_of = {}
+    if (root / layout.STUDIES_FILE).is_file():
+        study_of = {image: study for study, images in
+                    layout.read_studies_csv(root / layout.STUDIES_FILE).items()
+                    for image in images}
+    boxes = {}
+    if (root / layout.BOXES_FILE).is_file():
+        boxes = layout.read_boxes_csv(root / layout.BOXES_FILE)
+    has_masks = (root / layout.MASKS_DIR).is_dir()
     files = sorted(image_dir.glob("*.dcm"))
     if not files:
         raise DatasetError(f"{image_dir}: no .dcm files")
@@ -165,14 +175,20 @@ def iter_rsna(
                 rejected.append((str(path), exc.reason))
             continue
         ident = sl.identity
-        group = ident.study_uid
+        group = study_of.get(path.stem) or ident.study_uid
         if group_by == "patient" and ident.patient_id:
             group = ident.patient_id
+        mask = None
+        if has_masks:  # the generator writes masks of positive slices only: others are empty
+            mask_path = root / layout.MASKS_DIR / f"{path.stem}.npz"
+            mask = (layout.read_mask_npz(mask_path).any(axis=0) if mask_path.is_file()
+                    else np.zeros(sl.hu.shape, bool))
         count += 1
         yield Sample(
             hu=np.asarray(sl.hu, np.float32),
             labels=np.asarray(lab, np.float32),
-            mask=_read_mask(root / "masks" / f"{path.stem}.npz"),
+            mask=mask,
+            boxes=_boxes(boxes.get(path.stem) or boxes.get(ident.sop_uid) or []),
             group=group or path.stem,
             source=root.name,
             id=path.stem,

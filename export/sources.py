@@ -24,9 +24,8 @@ Sources (counts as published in the folder; tests check them):
 ctich     PhysioNet ct-ich: 1852 slices, 50 patients, 208 with hemorrhage. Window 40/120 (-20..100
           HU), stated by the export script and confirmed by the files: exactly 121 gray levels
           occur, floor((HU + 20) * 255 / 120) of each integer HU (so the linear inverse reads
-          up to 0.5 HU low). Subtypes from ``labels.csv`` by
-          column name; ``any`` = 1 - No_Hemorrhage (checked against the subtypes); union masks
-          from ``mask/N.png``. Stored turned a quarter: the face points right; loaded turned 90
+          up to 0.5 HU low). Subtypes from ``labels.csv`` by column name; ``any`` = 1 -
+          No_Hemorrhage (checked against the subtypes); union masks from ``mask/N.png``. Stored turned a quarter: the face points right; loaded turned 90
           degrees counter-clockwise so that anterior is up. Group: PatientNumber.
 roboflow  Roboflow "brain-hemorrhage-detection" v1: 833 JPEGs 640x640 = 355 source images (237
           exported three times, pixel-identical with identical labels; ``dedupe=True`` keeps
@@ -52,6 +51,8 @@ rsna200   RSNA 2019: 224x224 PNG, brain window 40/80 (0..80 HU). ``normal/`` -> 
           ``intraparenchymal/`` -> any 1, intraparenchymal 1, other subtypes NaN (a slice may
           hold more than one type); ``unlabeled/`` -> all NaN, loaded only with
           ``unlabeled=True``. Each image is its own group (no patient or study ids are given).
+          Two ``normal/`` files (ID_c3fdc5156, ID_db2298819) are entirely black (failed exports
+          or slices outside the head); they load as all-air slices.
 ========= ======================================================================================
 
 Window estimation for Roboflow and BHSD (:func:`estimate_window`). The brain parenchyma enclosed
@@ -80,10 +81,14 @@ What identifies each source in the image (for the training recipe to remove; the
 HU mapping): the clip range of soft tissue (ct-ich and Roboflow -20..100 HU, RSNA 0..80, BHSD
 0..255, so BHSD alone shows fat-to-CSF and blood-to-bone gradations); quantization (ct-ich integer
 HU on a 2.125-gray comb; RSNA 0.31 HU steps; Roboflow JPEG 8x8 blocking and ringing; BHSD 1 HU);
-resolution (RSNA downsampled to 224, smoother and less noisy; Roboflow resampled to 640; ct-ich
-and BHSD 512); framing (head boxes: measured in ``tests/test_sources.py`` and the report); the
-curved head holder (visible in many ct-ich, Roboflow, RSNA and BHSD slices); none of the four
-has burnt-in text. Orientation is normalized here (anterior up).
+resolution (RSNA downsampled to 224, smoother: brain IQR 8.5 HU against 9.9 for ct-ich and
+Roboflow and 11 for BHSD; Roboflow resampled to 640; ct-ich and BHSD 512); framing, as the median
+side of :func:`~ichrt.runtime.framing.head_boxes` over the image side, is alike (ct-ich 0.80,
+Roboflow 0.84, BHSD 0.80, RSNA 0.79) but in pixels the head spans about 410 (ct-ich, BHSD), 535
+(Roboflow) and 177 (RSNA), so after framing RSNA is upsampled and the others downsampled; the
+curved head holder shows in many slices of every source; none has burnt-in text. Orientation is
+normalized here (anterior up). :mod:`ichrt.export.realaug` re-exports slices at a common window
+to blur the intensity signatures.
 """
 
 from __future__ import annotations
@@ -294,7 +299,8 @@ def bhsd_subtype_masks(rgb: np.ndarray, where: str = "mask") -> np.ndarray:
     return masks
 
 
-def _read_bhsd_rgb(path: Path) -> np.ndarray:
+def read_rgb(path: Path) -> np.ndarray:
+    """A uint8 (H, W, 3) image (e.g. a colour-coded mask)."""
     from PIL import Image
 
     try:
@@ -306,7 +312,7 @@ def _read_bhsd_rgb(path: Path) -> np.ndarray:
 
 def read_bhsd_mask(path: Path) -> np.ndarray:
     """The union hemorrhage mask of a BHSD colour-coded mask file."""
-    return bhsd_subtype_masks(_read_bhsd_rgb(path), str(path)).any(axis=0)
+    return bhsd_subtype_masks(read_rgb(path), str(path)).any(axis=0)
 
 
 # -- listing each source -----------------------------------------------------------------------
@@ -381,7 +387,7 @@ def _read_yolo(path: Path, names: list[str]) -> tuple[tuple[str, float, float, f
     return tuple(boxes)
 
 
-def _scan_groups(names: list[str], gap: int) -> dict[str, str]:
+def scan_groups(names: list[str], gap: int) -> dict[str, str]:
     """Source-image name -> scan group: ``<series>_<slice>`` names whose slice numbers lie within
     ``gap`` of each other in one series form one group; other names are their own group."""
     series: dict[str, list[tuple[int, str]]] = {}
@@ -424,7 +430,7 @@ def roboflow_entries(
     if not files:
         raise SourceError(f"{root}: no images in train/, valid/ or test/")
     source_name = {p: p.name.split("_jpg.rf.")[0] for p in files}
-    groups = (_scan_groups(sorted(set(source_name.values())), scan_gap) if group_by == "scan"
+    groups = (scan_groups(sorted(set(source_name.values())), scan_gap) if group_by == "scan"
               else {n: n for n in source_name.values()})
     entries, seen = [], set()
     for path in files:
@@ -449,7 +455,7 @@ def bhsd_entries(root: Path) -> list[Entry]:
         mask = Path(root) / "mask" / path.name
         if not mask.exists():
             raise SourceError(f"{path}: no mask file {mask}")
-        present = bhsd_subtype_masks(_read_bhsd_rgb(mask), str(mask)).any(axis=(1, 2))
+        present = bhsd_subtype_masks(read_rgb(mask), str(mask)).any(axis=(1, 2))
         labels = make_labels(float(present.any()),
                              **{s: float(v) for s, v in zip(SUBTYPES, present)})
         case = re.fullmatch(r"(\d{3})\d{3}", path.stem)

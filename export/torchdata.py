@@ -47,46 +47,61 @@ def _region_of(sample: Sample) -> np.ndarray | None:
     return region
 
 
-def _offsets(sizes: list[int]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+class Chunks:
+    """Append-only storage of 1-D arrays in flat tensors of a fixed size (the last one trimmed).
+
+    Slices are copied in as they are loaded, so no list of per-slice arrays (and no heap
+    fragmentation from one) ever exists, and loader workers can map the tensors from shared
+    memory instead of receiving copies (:meth:`SliceStore.share_memory`).
+    """
+
+    #: Elements per chunk (128 MiB of int16).
+    SIZE = 1 << 26
+
+    def __init__(self, dtype: torch.dtype, size: int = SIZE) -> None:
+        self.dtype, self.size = dtype, size
+        self.tensors: list[torch.Tensor] = []
+        self.where: list[tuple[int, int, int]] = []  # (chunk, start, length) per array
+        self._used = 0
+
+    def append(self, array: np.ndarray) -> None:
+        n = int(array.size)
+        if not self.tensors or self._used + n > len(self.tensors[-1]):
+            self.tensors.append(torch.empty(max(self.size, n), dtype=self.dtype))
+            self._used = 0
+        self.tensors[-1].numpy()[self._used:self._used + n] = array.ravel()
+        self.where.append((len(self.tensors) - 1, self._used, n))
+        self._used += n
+
+    def finish(self) -> Chunks:
+        """Trim the last chunk to what it holds."""
+        if self.tensors and self._used < len(self.tensors[-1]):
+            self.tensors[-1] = self.tensors[-1][: self._used].clone()
+        return self
+
+    def get(self, k: int) -> np.ndarray:
+        """Array ``k`` as a flat view."""
+        chunk, start, n = self.where[k]
+        return self.tensors[chunk].numpy()[start:start + n]
 
 
 @dataclass
 class Pack:
-    """The pixels (int16 HU) and bit-packed lesion regions of one loaded data source, each in
-    one flat tensor, so loader workers can share them instead of copying (see
-    :meth:`SliceStore.share_memory`)."""
+    """The pixels (int16 HU) and bit-packed lesion regions of one loaded data source."""
 
-    pixels: torch.Tensor
-    offsets: np.ndarray
+    pixels: Chunks
     shapes: np.ndarray
-    region_bits: torch.Tensor
-    region_offsets: np.ndarray
-
-    @classmethod
-    def build(cls, slices: list[np.ndarray], regions: list[np.ndarray | None]) -> Pack:
-        bits = [np.packbits(r, axis=None) if r is not None else np.zeros(0, np.uint8)
-                for r in regions]
-        cat = (lambda arrays, dtype: torch.from_numpy(np.concatenate(arrays)) if arrays
-               else torch.zeros(0, dtype=dtype))
-        return cls(
-            pixels=cat([a.ravel() for a in slices], torch.int16),
-            offsets=_offsets([a.size for a in slices]),
-            shapes=np.array([a.shape for a in slices], np.int64).reshape(-1, 2),
-            region_bits=cat(bits, torch.uint8),
-            region_offsets=_offsets([b.size for b in bits]),
-        )
+    regions: Chunks
 
     def hu(self, r: int) -> np.ndarray:
         h, w = self.shapes[r]
-        return self.pixels[self.offsets[r]:self.offsets[r + 1]].numpy().reshape(h, w)
+        return self.pixels.get(r).reshape(h, w)
 
     def region(self, r: int) -> np.ndarray | None:
-        lo, hi = self.region_offsets[r], self.region_offsets[r + 1]
-        if hi == lo:
+        bits = self.regions.get(r)
+        if bits.size == 0:
             return None
         h, w = self.shapes[r]
-        bits = self.region_bits[lo:hi].numpy()
         return np.unpackbits(bits, count=int(h * w)).reshape(h, w).astype(bool)
 
 
@@ -111,12 +126,16 @@ class SliceStore:
         cls, samples: Iterable[Sample], progress: Callable[[int], None] | None = None
     ) -> SliceStore:
         """Pack samples (consumed one at a time, so an iterator never lives in memory whole)."""
-        slices, regions, labels, boxes = [], [], [], []
+        pixels, bits, shapes = Chunks(torch.int16), Chunks(torch.uint8), []
+        labels, boxes = [], []
         store = cls()
         for s in samples:
             hu = np.asarray(s.hu, np.float32)
-            slices.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
-            regions.append(_region_of(s))
+            pixels.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
+            shapes.append(hu.shape)
+            region = _region_of(s)
+            bits.append(np.packbits(region, axis=None) if region is not None
+                        else np.zeros(0, np.uint8))
             labels.append(np.asarray(s.labels, np.float32).reshape(len(LABELS)))
             boxes.append(np.asarray(head_boxes(hu[None]))[0])
             store.groups.append(s.group)
@@ -124,8 +143,9 @@ class SliceStore:
             store.ids.append(s.id)
             if progress is not None:
                 progress(1)
-        n = len(slices)
-        store.packs = [Pack.build(slices, regions)]
+        n = len(shapes)
+        store.packs = [Pack(pixels.finish(), np.array(shapes, np.int64).reshape(-1, 2),
+                            bits.finish())]
         store.pack = np.zeros(n, np.int64)
         store.row = np.arange(n, dtype=np.int64)
         if n:
@@ -182,8 +202,8 @@ class SliceStore:
     def share_memory(self) -> SliceStore:
         """Move the pixel tensors to shared memory (once), so worker processes map them."""
         for p in self.packs:
-            p.pixels.share_memory_()
-            p.region_bits.share_memory_()
+            for t in (*p.pixels.tensors, *p.regions.tensors):
+                t.share_memory_()
         return self
 
 

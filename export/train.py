@@ -14,7 +14,8 @@ Run folder (``RUN_DIR``):
   specificity at the threshold, per-source AUC(any), throughput).
 
 Validation data: each data spec is split by group (:mod:`ichrt.export.splits`), unless the stage
-names explicit ``val_data``. Loss: binary cross-entropy with logits over the known labels only
+names explicit ``val_data``; a source split in one stage gets the same split in the next, so keep
+the validation settings of a source the same across stages. Loss: binary cross-entropy with logits over the known labels only
 (NaN = unknown is masked out), with an optional positive-class weight; optionally a localization
 term that rewards CAM energy inside lesion masks/boxes (``loc_weight``).
 
@@ -468,6 +469,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.position = Position(**state["position"])
         self.history, self.best = list(state["history"]), state["best"]
+        self._data_summary = dict(state["meta"]["provenance"]["data"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])

@@ -239,30 +239,20 @@ def _component(mask, y0, x0):
 def _pixel_extent(image, threshold, block, cells, extent):
     """Half-open extent, into ``extent``, of the pixels above ``threshold`` in ``cells``.
 
-    Scans inwards from each side of the cells' bounding box and stops at the first hit.
+    A cell is read only when it could widen the extent found so far (few cells per row).
     """
     height, width = image.shape
-    rows = np.flatnonzero(cells.sum(axis=1))
-    cols = np.flatnonzero(cells.sum(axis=0))
-    ya, yb = rows[0] * block, min(height, (rows[-1] + 1) * block)
-    xa, xb = cols[0] * block, min(width, (cols[-1] + 1) * block)
-    top = _first_line(image, threshold, block, cells, ya, yb, 1, xa, xb)
-    if top < 0:
-        return False
-    extent[0] = top
-    extent[2] = _first_line(image, threshold, block, cells, yb - 1, ya - 1, -1, xa, xb) + 1
-    extent[1] = _first_line(image.T, threshold, block, cells.T, xa, xb, 1, ya, yb)
-    extent[3] = _first_line(image.T, threshold, block, cells.T, xb - 1, xa - 1, -1, ya, yb) + 1
-    return True
-
-
-@njit(cache=True)
-def _first_line(image, threshold, block, cells, start, stop, step, lo, hi):
-    """First row in ``range(start, stop, step)`` with a pixel above ``threshold`` in ``cells``
-    among columns ``lo:hi``; -1 when none."""
-    for y in range(start, stop, step):
-        cell_row = cells[y // block]
-        for x in range(lo, hi):
-            if cell_row[x // block] and image[y, x] > threshold:
-                return y
-    return -1
+    y0, x0, y1, x1 = height, width, 0, 0
+    for gy in range(cells.shape[0]):
+        ya, yb = gy * block, min(height, (gy + 1) * block)
+        for gx in range(cells.shape[1]):
+            xa, xb = gx * block, min(width, (gx + 1) * block)
+            if not cells[gy, gx] or (ya >= y0 and yb <= y1 and xa >= x0 and xb <= x1):
+                continue
+            for y in range(ya, yb):
+                for x in range(xa, xb):
+                    if image[y, x] > threshold:
+                        y0, y1 = min(y0, y), max(y1, y + 1)
+                        x0, x1 = min(x0, x), max(x1, x + 1)
+    extent[0], extent[1], extent[2], extent[3] = y0, x0, y1, x1
+    return y1 > y0

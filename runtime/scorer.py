@@ -136,10 +136,11 @@ class Scorer:
             make_explainer(explain, self.model) if explain not in ("cam", "none") else None)
 
     def score(
-        self, paths: Iterable[str | Path], progress: Progress | None = None
+        self, paths: str | Path | Iterable[str | Path], progress: Progress | None = None
     ) -> ScoreResult:
-        """Score files and folders (recursively); ``progress(done, total)`` per input file."""
-        files = iter_files([Path(p) for p in paths])
+        """Score a file, a folder (recursively) or a list of both; ``progress(done, total)`` is
+        called as each input file is accounted for."""
+        files = iter_files(paths)
         out = run_pipeline(
             files, self.model, batch_size=self.batch_size, threshold=self.threshold,
             keep_cam=self.explain == "cam", workers=self.workers, progress=progress,
@@ -154,7 +155,7 @@ class Scorer:
 
 
 def score(
-    paths: Iterable[str | Path],
+    paths: str | Path | Iterable[str | Path],
     model: str | Path | LoadedModel | None = None,
     progress: Progress | None = None,
     **options: Any,
@@ -166,6 +167,8 @@ def score(
 #: Files :func:`write_result` always writes (headers only when empty).
 OUTPUT_FILES = ("worklist.csv", "worklist.json", "slices.csv", "rejected.csv")
 EXPLANATIONS_DIR = "explanations"
+#: Flagged slices re-read (and, for methods other than cam, explained) together.
+EXPLAIN_CHUNK = 16
 
 
 def write_result(
@@ -187,8 +190,9 @@ def write_result(
     paths = {name: inside(out, name) for name in OUTPUT_FILES}
     document = result.to_dict(show_phi)
     if result.explain != "none":
-        document["explanations"] = write_explanations(result, out, explainer)
         paths[EXPLANATIONS_DIR] = inside(out, EXPLANATIONS_DIR)
+        paths[EXPLANATIONS_DIR].mkdir(exist_ok=True)
+        document["explanations"] = write_explanations(result, out, explainer)
     document["outputs"] = {name: str(p) for name, p in paths.items()}
     labels = result.labels
     write_csv(paths["worklist.csv"], document["studies"], worklist_fields(labels, show_phi))
@@ -217,23 +221,25 @@ def write_explanations(
         raise ValueError(f"explanations by {result.explain!r} need its explainer "
                          "(Scorer.explainer)")
     summaries: list[dict[str, Any]] = []
-    step = 16
-    for start in range(0, len(hot), step):
-        chunk = hot[start:start + step]
+    for start in range(0, len(hot), EXPLAIN_CHUNK):
+        chunk = hot[start:start + EXPLAIN_CHUNK]
         read = [read_or_reject(s.identity.path) for s in chunk]
         ok = [(s, r) for s, r in zip(chunk, read) if isinstance(r, Slice)]
         summaries += [_failed(s, r) for s, r in zip(chunk, read) if isinstance(r, Rejected)]
-        if result.explain == "cam":
-            maps = [(s.cam, s.box) for s, _ in ok]
+        if not ok:
+            continue
+        if result.explain == "cam":  # (map over the framing box, seconds: free during scoring)
+            maps = [(s.cam, s.box, 0.0) for s, _ in ok]
         else:
             tensors, boxes = window_slices([r for _, r in ok], explainer.model.contract)
             done = explain_slices(explainer, tensors, boxes, [r.hu.shape for _, r in ok])
-            maps = [(e.heatmap, None) for e in done]
-        for (item, sl), (heatmap, frame) in zip(ok, maps):
+            maps = [(e.heatmap, None, e.seconds) for e in done]
+        for (item, sl), (heatmap, frame, seconds) in zip(ok, maps):
             ident = item.identity
             folder = inside(out, EXPLANATIONS_DIR, safe_name(ident.study_uid))
             extra = {"study_instance_uid": ident.study_uid, "sop_instance_uid": ident.sop_uid,
-                     "label": "any", "probability": float(item.probs[any_idx])}
+                     "label": "any", "probability": float(item.probs[any_idx]),
+                     "seconds": seconds}
             summary = write_explanation(folder, ident.sop_uid, sl.hu, heatmap, result.explain,
                                         extra=extra, frame=frame)
             summary["folder"] = str(folder)

@@ -1,8 +1,8 @@
 """HU slices -> model tensor: windows, resize and normalization in one Numba pass.
 
 :func:`window_batch` turns a batch of slices (raw stored values or HU) into the float32 NCHW
-tensor a model's :class:`~ichrt.runtime.contract.ModelContract` asks for, reading every source
-pixel once and writing every output value once:
+tensor a model's :class:`~ichrt.runtime.contract.ModelContract` asks for in a single pass:
+each output value is computed once from four source pixels, with no intermediate arrays:
 
 1. stored value -> HU with the slice's RescaleSlope/RescaleIntercept (default 1/0);
 2. each window (level L, width W) of the contract -> ``clip((HU - (L - W/2)) / W, 0, 1)``;
@@ -21,8 +21,12 @@ specialization is written to Numba's on-disk cache on its first compile, so a la
 loads it instead of compiling. The cache lives in ``$NUMBA_CACHE_DIR`` when that is set,
 otherwise in ``__pycache__`` beside this file, or, where that folder is not writable (a
 read-only install), in the user-wide cache (``~/.cache/numba`` on Linux). Set
-``NUMBA_CACHE_DIR`` to a writable folder on read-only deployments to keep starts warm. The
-kernel runs on Numba's thread pool (``numba.set_num_threads`` limits it).
+``NUMBA_CACHE_DIR`` to a writable folder on read-only deployments to keep starts warm.
+
+Threads: the kernel runs on Numba's thread pool (``numba.set_num_threads`` limits it). On a
+CPU shared with other busy processes (ONNX Runtime, decoding), OpenMP's spin-waiting can make
+a parallel call many times slower than a serial one; ``OMP_WAIT_POLICY=PASSIVE`` in the
+environment of the process (set before the first call) avoids that.
 """
 
 from __future__ import annotations

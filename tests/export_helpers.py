@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from ichrt.export.samples import Sample, make_labels
 
 
@@ -67,8 +66,10 @@ def write_imagefolder(root: Path, n: int = 12, size: int = 64, seed: int = 0,
 
 
 def write_phantoms(root: Path, studies: int = 4, size: int = 64, slices: tuple[int, int] = (6, 6),
-                   seed: int = 0) -> dict:
-    """A tiny phantom data set in the RSNA 2019 layout (``ichrt.runtime.synth``)."""
+                   seed: int = 0, jpg: bool = False) -> dict:
+    """A tiny phantom data set in the RSNA 2019 layout (``ichrt.runtime.synth``), half of its
+    studies positive; with ``jpg`` also the seed's hemorrhage/ no_hemorrhage/ jpgs."""
     from ichrt.runtime.synth import write_dataset
 
-    return write_dataset(root, studies, seed, slices=slices, size=size, prevalence=0.5)
+    return write_dataset(root, studies, seed, slices=slices, size=size, prevalence=0.5,
+                         jpg=jpg, overwrite=True)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from export_helpers import write_imagefolder
-
 from ichrt.export.datasets import (
-    DataSpec,
     DatasetError,
+    DataSpec,
     gray8_to_hu,
     iter_spec,
     load_imagefolder,

@@ -11,7 +11,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from export_helpers import write_imagefolder
-
 from ichrt.export import train as training
 from ichrt.export.datasets import DataSpec
 from ichrt.export.onnx_export import ExportError, load_torch_twin

@@ -115,7 +115,7 @@ def test_temperature_from_the_contract_is_applied(tmp_path: Path, studies: Path)
     plain, hot = tmp_path / "plain.onnx", tmp_path / "temp.onnx"
     make_tiny_model(plain, ModelContract(input_size=32, name="plain"))
     make_tiny_model(hot, ModelContract(input_size=32, name="hot", temperatures={"any": 2.0}))
-    p1 = np.stack([s.probs for s in score([studies], plain, provider="cpu").slices])
+    p1 = np.stack([s.probs for s in score(studies, plain, provider="cpu").slices])
     p2 = np.stack([s.probs for s in score([studies], hot, provider="cpu").slices])
     logit = np.log(p1[:, 0] / (1 - p1[:, 0]))
     np.testing.assert_allclose(p2[:, 0], 1 / (1 + np.exp(-logit / 2)), atol=1e-5)
@@ -178,3 +178,28 @@ def test_a_copied_file_is_rejected_as_duplicate(tiny_model, tmp_path: Path) -> N
     assert len(result.slices) == 1 and result.studies[0].n_slices == 1
     (rej,) = result.rejected
     assert rej.path.endswith("copy.dcm") and "duplicate SOPInstanceUID" in rej.reason
+
+
+def test_explanation_of_a_vanished_file_is_an_error_entry(tiny_model, tmp_path: Path) -> None:
+    files = write_study(tmp_path / "in", StudySpec("8.2", (HOT, HOT)), "s")
+    result = Scorer(tiny_model[0], provider="cpu").score([tmp_path / "in"])
+    assert len(result.flagged) == 1
+    files[0].unlink()
+    doc = write_result(result, tmp_path / "out")
+    errors = [e for e in doc["explanations"] if "error" in e]
+    assert len(doc["explanations"]) == 2 and len(errors) == 1
+    assert errors[0]["sop_instance_uid"] == result.slices[0].identity.sop_uid
+    assert "cannot re-read" in errors[0]["error"]
+    assert len(list((tmp_path / "out" / "explanations").rglob("*.png"))) == 1
+
+
+def test_binary_any_only_model(tmp_path: Path, studies: Path) -> None:
+    path = tmp_path / "binary.onnx"
+    make_tiny_model(path, ModelContract(labels=("any",), input_size=32, name="binary"))
+    result = Scorer(path, provider="cpu").score([studies])
+    assert result.labels == ("any",)
+    assert all(s.probs.shape == (1,) for s in result.slices)
+    assert [s.study_uid for s in result.flagged] == ["1.2.3", "1.2.2"]
+    doc = write_result(result, tmp_path / "out")
+    assert set(doc["studies"][0]) >= {"p_any", "flagged"}
+    assert not any(k.startswith("p_sub") for k in doc["studies"][0])

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from ichrt.runtime.cli import main
-from score_helpers import PATIENT_ID, PATIENT_NAME, StudySpec, read_csv, write_study
+from score_helpers import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    StudySpec,
+    head_slice,
+    read_csv,
+    write_ct,
+    write_study,
+)
 from tinymodel import make_tiny_model
 
 NAME_PARTS = [PATIENT_NAME, *PATIENT_NAME.split("^")]
@@ -167,3 +177,25 @@ def test_unavailable_explainer_is_a_usage_error_before_scoring(tiny_model, clean
               "--explain", "gradcam")
     assert res.exit_code == 2 and "checkpoint" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_real_process_stderr_has_no_validation_noise_or_phi(tiny_model, tmp_path: Path) -> None:
+    # RSNA 2019 files carry ids such as ID_0fe31b044 in place of UIDs; pydicom's validation
+    # warnings would quote each one on stderr (checked in a subprocess, where warnings print as
+    # they would for a user, not into pytest's recorder).
+    study = tmp_path / "in"
+    study.mkdir()
+    for i in (1, 2):
+        write_ct(study / f"{i}.dcm", head_slice(64, 0.6), "ID_5tudy0001", "ID_5eries001",
+                 f"ID_0fe31b04{i}", i)
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "from ichrt.runtime.cli import main; main()",
+         "score", str(study), "--out", str(tmp_path / "out"), "--model", str(tiny_model[0])],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ID_5tudy0001" in proc.stdout
+    assert "Invalid value" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    everything = proc.stdout + proc.stderr + outputs_text(tmp_path / "out")
+    for secret in [PATIENT_ID, *NAME_PARTS]:
+        assert secret not in everything

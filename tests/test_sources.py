@@ -97,7 +97,7 @@ def test_roboflow_scan_groups_merge_whole_source_images(realtrain: Path) -> None
 
 def test_scan_groups_by_slice_number_gap() -> None:
     names = ["7_3", "7_5", "7_40", "7_41", "12_3", "odd-name"]
-    groups = S._scan_groups(names, gap=30)
+    groups = S.scan_groups(names, gap=30)
     assert groups["7_3"] == groups["7_5"] != groups["7_40"] == groups["7_41"]
     assert groups["12_3"] not in (groups["7_3"], groups["7_40"])
     assert groups["odd-name"] == "odd-name"
@@ -126,7 +126,7 @@ def test_bhsd_counts_labels_and_masks(realtrain: Path) -> None:
         "subdural": 27}
     assert sum(e.flip for e in entries) == len(S.BHSD_UPSIDE_DOWN) == 30
     for e in entries[::9]:
-        rgb = S._read_bhsd_rgb(e.mask)
+        rgb = S.read_rgb(e.mask)
         sample = S.read_sample("bhsd", e)
         np.testing.assert_array_equal(sample.mask, S.orient(rgb.max(axis=2) > 0, 0, e.flip))
 

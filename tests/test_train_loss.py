@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import head_samples
-
 from ichrt.export.torchdata import EpochSampler, SliceStore, balance_weights
 from ichrt.export.train import masked_bce
 
@@ -34,20 +33,15 @@ def test_masked_bce_all_unknown_is_zero_and_pos_weight_counts():
 
 
 def _store(sources: list[tuple[str, int, int]]) -> SliceStore:
-    """A store with (source, positives, negatives) rows, no pixels needed for weights."""
-    store = SliceStore()
-    rows = []
+    """A store with (source, positives, negatives) rows; sampling weights need no pixels."""
+    labels, names = [], []
     for name, pos, neg in sources:
-        for v in [1.0] * pos + [0.0] * neg:
-            store.hu.append(np.zeros((2, 2), np.int16))
-            store.sources.append(name)
-            store.groups.append(f"{name}{len(rows)}")
-            store.ids.append(str(len(rows)))
-            store.regions.append(None)
-            rows.append([v] + [np.nan] * 5)
-    store.labels = np.array(rows, np.float32)
-    store.head_boxes = np.zeros((len(rows), 4), np.int64)
-    return store
+        labels += [[v] + [np.nan] * 5 for v in [1.0] * pos + [0.0] * neg]
+        names += [name] * (pos + neg)
+    n = len(labels)
+    return SliceStore(row=np.arange(n), pack=np.zeros(n, np.int64),
+                      labels=np.array(labels, np.float32), sources=names,
+                      groups=[str(i) for i in range(n)], ids=[str(i) for i in range(n)])
 
 
 def test_class_balance_within_each_source():
@@ -80,10 +74,32 @@ def test_epoch_sampler_is_reproducible_and_skips():
 def test_store_packs_compactly_and_keeps_regions():
     samples = head_samples(groups=2, per_group=2, size=48)
     store = SliceStore.from_samples(iter(samples))
-    assert len(store) == 4 and store.hu[0].dtype == np.int16
-    assert np.max(np.abs(store.hu[0] - samples[0].hu)) <= 0.5
+    assert len(store) == 4 and store.hu(0).dtype == np.int16 and store.shape(3) == (48, 48)
+    assert np.max(np.abs(store.hu(0) - samples[0].hu)) <= 0.5
     assert np.array_equal(store.region(0), samples[0].mask)
     assert store.region(1) is None
     sub = store.subset([3, 0])
     assert sub.ids == [samples[3].id, samples[0].id]
-    assert np.array_equal(SliceStore.concat([sub, sub]).labels[2:], sub.labels, equal_nan=True)
+    assert np.array_equal(sub.hu(1), store.hu(0))
+    both = SliceStore.concat([sub, store])
+    assert len(both.packs) == 1  # pixels shared, never copied
+    assert np.array_equal(both.labels[:2], sub.labels, equal_nan=True)
+    assert np.array_equal(both.hu(5), store.hu(3))
+
+
+def test_cam_share_loss_rewards_cam_energy_inside_the_region():
+    from ichrt.export.models import build_model
+    from ichrt.export.train import cam_share_loss
+
+    model = build_model("resnet18", 6)
+    with torch.no_grad():
+        model.head.fc.weight.fill_(1.0)
+    region = torch.zeros(2, 64, 64)
+    region[:, :32, :32] = 1.0  # top-left quarter = top-left feature cell of a 2x2 map
+    inside, outside = torch.zeros(2, 512, 2, 2), torch.zeros(2, 512, 2, 2)
+    inside[:, :, 0, 0] = 1.0
+    outside[:, :, 1, 1] = 1.0
+    use = torch.tensor([True, False])
+    assert float(cam_share_loss(model, inside, region, use)) == pytest.approx(0.0, abs=1e-4)
+    assert float(cam_share_loss(model, outside, region, use)) == pytest.approx(1.0, abs=1e-4)
+    assert float(cam_share_loss(model, inside, region, torch.tensor([False, False]))) == 0.0

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-from torchvision import models as tvm
-
 from ichrt.export.models import (
     ARCHS,
     build_model,
@@ -14,6 +11,8 @@ from ichrt.export.models import (
     cam_parameters,
     load_weights,
 )
+from torch import nn
+from torchvision import models as tvm
 
 pytestmark = pytest.mark.torch
 

@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from export_helpers import write_imagefolder
-
+from export_helpers import write_imagefolder, write_phantoms
 from ichrt.export import train as training
 from ichrt.export.datasets import DataSpec
 from ichrt.export.torchdata import SliceDataset
@@ -27,8 +26,8 @@ def seed_folder(tmp_path_factory):
 
 
 def _config(**changes) -> training.TrainConfig:
-    base = dict(arch="resnet18", image_size=64, batch_size=8, lr=2e-3, workers=0, device="cpu",
-                checkpoint_every=0, val_fraction=0.2, seed=5)
+    base = {"arch": "resnet18", "image_size": 64, "batch_size": 8, "lr": 2e-3, "workers": 0,
+            "device": "cpu", "checkpoint_every": 0, "val_fraction": 0.2, "seed": 5}
     return training.TrainConfig(**{**base, **changes})
 
 
@@ -90,6 +89,18 @@ def test_resume_refuses_other_settings(seed_folder, tmp_path):
                        resume=True, progress=False)
     with pytest.raises(ValueError, match="cannot change"):
         training.resume_run(tmp_path / "r", lr=1.0)
+
+
+def test_phantom_training_with_workers_and_localization_is_worker_independent(tmp_path):
+    write_phantoms(tmp_path / "phantoms", studies=4, size=64, slices=(5, 5))
+    stages = [training.Stage([DataSpec(str(tmp_path / "phantoms"))], epochs=1)]
+    for workers in (0, 1):
+        training.train(_config(max_steps=2, loc_weight=1.0, workers=workers), stages,
+                       tmp_path / f"w{workers}", progress=False)
+    a, b = _weights(tmp_path / "w0"), _weights(tmp_path / "w1")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # augmentation draws do not depend on workers
+    state = torch.load(tmp_path / "w1" / training.CHECKPOINT, weights_only=True)
+    assert state["history"][-1]["per_source"]["phantoms"]["n"] > 0
 
 
 def test_two_stage_recipe_is_one_call(seed_folder, tmp_path):

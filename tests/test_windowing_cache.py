@@ -24,24 +24,27 @@ print(json.dumps({
 """
 
 
-def _first_calls(cache_dir: str) -> dict[str, list[int]]:
-    """Cache (hits, misses) of the windowing and framing kernels in a fresh process."""
+def _first_calls() -> dict[str, list[int]]:
+    """Cache (hits, misses) of the windowing and framing kernels in a fresh process.
+
+    The process uses the cache the runtime would use (``NUMBA_CACHE_DIR`` if set, else
+    ``__pycache__`` beside the modules), so the check costs a compile only when that cache is
+    cold or stale.
+    """
     done = subprocess.run(
         [sys.executable, "-c", _FIRST_CALLS],
         check=False,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "NUMBA_CACHE_DIR": cache_dir},
+        env=os.environ,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_second_process_loads_compiled_kernels_from_cache(tmp_path) -> None:
-    cache = str(tmp_path / "numba-cache")
-    cold = _first_calls(cache)
-    assert cold == {"window": [0, 1], "framing": [0, 1]}, cold
-    assert any(p.suffix == ".nbc" for p in (tmp_path / "numba-cache").rglob("*"))
-    warm = _first_calls(cache)
-    assert warm == {"window": [1, 0], "framing": [1, 0]}, warm
+def test_second_process_loads_compiled_kernels_from_cache() -> None:
+    first = _first_calls()
+    assert all(sum(counts) == 1 for counts in first.values()), first  # compiled or loaded
+    second = _first_calls()
+    assert second == {"window": [1, 0], "framing": [1, 0]}, f"compiled again: {second}"

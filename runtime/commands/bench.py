@@ -8,6 +8,8 @@ Figures (all on this machine, in one run):
 * the seed-style baseline when torch is installed: pydicom read, per-slice NumPy windowing (one
   copy and boolean-mask clip per window), PyTorch eager at batch 1 with the same weights (the
   checkpoint export writes beside the ONNX file), else reported unavailable with the reason;
+* explanation time per slice of each method (cam, gradcam, gradcampp, hshap) on the two most
+  suspicious slices, or the reason a method is unavailable;
 * warm start: wall time of a fresh ``ichrt score`` process on one small study (a first, cold run
   fills the caches), and the peak RSS of ``ichrt score`` on the 40-slice study.
 """
@@ -15,7 +17,6 @@ Figures (all on this machine, in one run):
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,8 +36,20 @@ BATCHES = (1, 8, 32)
 STUDY_SLICES = 40
 SMALL_STUDY_SLICES = 8
 BENCH_SEED = 4242
-#: Runs the ``ichrt`` CLI in a fresh interpreter (same as the console script).
-CLI = "from ichrt.runtime.cli import main; main()"
+RSS_TAG = "ichrt-bench-peak-rss-kib="
+#: Runs the ``ichrt`` CLI in a fresh interpreter (as the console script does) and reports the
+#: process's own peak RSS on exit: VmHWM of /proc/self/status, which starts afresh at exec
+#: (ru_maxrss would keep the forking parent's peak across exec).
+CLI = (
+    "import atexit, sys\n"
+    "def _peak():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    f"            print('{RSS_TAG}' + line.split()[1], file=sys.stderr)\n"
+    "atexit.register(_peak)\n"
+    "from ichrt.runtime.cli import main\n"
+    "main()\n"
+)
 
 
 def best_of(fn: Callable[[], Any], repeat: int = 5, min_seconds: float = 0.3) -> float:
@@ -103,14 +116,16 @@ def end_to_end(model: LoadedModel, files: Sequence[Path], batch_size: int = 16) 
 
 def seed_baseline(model: LoadedModel, files: Sequence[Path]) -> dict[str, Any]:
     """The seed's way: pydicom + per-slice NumPy windowing + PyTorch eager at batch 1."""
+    from ichrt.runtime.explain import ExplainError
+    from ichrt.runtime.explain.gradcam import load_checkpoint
+
     try:
-        import torch
-        import torch.nn.functional as F
-        from ichrt.runtime.explain.gradcam import load_checkpoint
-        net = load_checkpoint(model)
-    except Exception as exc:  # noqa: BLE001 - any reason makes the baseline unavailable
-        return {"available": False, "reason": f"{type(exc).__name__}: {exc}"}
+        net = load_checkpoint(model)  # ExtraMissing (an ExplainError) without torch
+    except ExplainError as exc:
+        return {"available": False, "reason": str(exc)}
     import pydicom
+    import torch
+    import torch.nn.functional as F
 
     c = model.contract
     size = c.input_size
@@ -137,15 +152,30 @@ def seed_baseline(model: LoadedModel, files: Sequence[Path]) -> dict[str, Any]:
     return {"available": True, "seconds": best_of(run_all, repeat=2)}
 
 
-def cli_start(model: LoadedModel, study: Path, out: Path) -> float:
-    """Wall seconds of a fresh ``ichrt score`` process on ``study`` (worklist written)."""
+def cli_run(model: LoadedModel, study: Path, out: Path) -> tuple[float, float | None]:
+    """Wall seconds and peak RSS (MB; None without /proc) of a fresh ``ichrt score`` process."""
     t0 = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-c", CLI, "score", str(study), "--out", str(out), "--model",
-         str(model.path), "--explain", "none", "--json"],
-        check=True, capture_output=True,
+    proc = subprocess.run(
+        [sys.executable, "-c", CLI, "score", str(study), "--out",
+         str(out), "--model", str(model.path), "--explain", "none", "--json"],
+        check=True, capture_output=True, text=True,
     )
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    tagged = [line for line in proc.stderr.splitlines() if line.startswith(RSS_TAG)]
+    return seconds, int(tagged[-1][len(RSS_TAG):]) / 1024 if tagged else None
+
+
+def explain_timings(model: LoadedModel, files: Sequence[Path], n: int = 2) -> dict[str, Any]:
+    """Seconds per slice of each explanation method on the ``n`` slices scored most suspicious."""
+    from ichrt.runtime.dicom import read_slice
+    from ichrt.runtime.explain.batch import time_methods
+    from ichrt.runtime.pipeline import window_slices
+    from ichrt.runtime.scorer import Scorer
+
+    scored = Scorer(model, explain="none").score(files).slices
+    top = sorted(scored, key=lambda s: -float(s.probs[0]))[:n]
+    tensor, _ = window_slices([read_slice(s.identity.path) for s in top], model.contract)
+    return time_methods(model, tensor)
 
 
 def run_bench(model: LoadedModel) -> dict[str, Any]:
@@ -167,10 +197,10 @@ def run_bench(model: LoadedModel) -> dict[str, Any]:
         for f in files[:SMALL_STUDY_SLICES]:
             (small / f.name).write_bytes(f.read_bytes())
         report["end_to_end"] = e2e = end_to_end(model, files)
-        report["cold_start_s"] = cli_start(model, small, tmp / "cold")
-        report["warm_start_s"] = cli_start(model, small, tmp / "warm")
-        cli_start(model, files[0].parent, tmp / "full")
-        report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        report["explain_s_per_slice"] = explain_timings(model, files)
+        report["cold_start_s"] = cli_run(model, small, tmp / "cold")[0]
+        report["warm_start_s"] = cli_run(model, small, tmp / "warm")[0]
+        report["peak_rss_mb"] = cli_run(model, files[0].parent, tmp / "full")[1]
         seed = seed_baseline(model, files)
         if seed["available"]:
             seed["speedup_of_ichrt"] = seed["seconds"] / e2e["seconds"]
@@ -186,7 +216,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         (f"model: {m['name']} (sha256:{m['sha256'][:12]}) {m['arch']} {m['input_size']}px "
          f"on {', '.join(m['providers'])}"),
-        "latency ms/slice: " + ", ".join(f"batch {b} {lat[b]:.2f}" for b in lat),
+        "latency ms/slice: " + ", ".join(f"batch {b} {lat[b]:.3f}" for b in lat),
         (f"end to end, {e2e['slices']}-slice study (files -> worklist): {e2e['seconds']:.3f} s; "
          f"pure model {e2e['pure_model_seconds']:.3f} s; ratio {e2e['ratio']:.2f} "
          "(goal <= 1.15)"),
@@ -196,9 +226,15 @@ def format_report(r: dict[str, Any]) -> str:
                      f"{seed['speedup_of_ichrt']:.1f}x faster (goal >= 2)")
     else:
         lines.append(f"seed-style baseline: unavailable ({seed['reason']})")
+    lines.append("explanation s/slice: " + ", ".join(
+        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} unavailable"
+        for k, v in r["explain_s_per_slice"].items()))
     lines.append(f"ichrt score start, {SMALL_STUDY_SLICES}-slice study: cold "
                  f"{r['cold_start_s']:.2f} s, warm {r['warm_start_s']:.2f} s (goal <= 2)")
-    lines.append(f"peak RSS of ichrt score: {r['peak_rss_mb']:.0f} MB (goal <= 600)")
+    rss = r["peak_rss_mb"]
+    lines.append(f"peak RSS of ichrt score on the {r['end_to_end']['slices']}-slice study: "
+                 + (f"{rss:.0f} MB" if rss is not None else "unknown (no /proc)")
+                 + " (goal <= 600)")
     return "\n".join(lines)
 
 

@@ -76,6 +76,7 @@ def score(
     """
     if demo == bool(paths):
         raise click.UsageError("give PATH... to score, or --demo (not both)")
+    _quiet_pydicom()
     if out_dir is None and not demo:
         raise click.UsageError("--out DIR is required")
     try:
@@ -98,6 +99,17 @@ def score(
     else:
         result = _run(scorer, list(paths))
         _finish(ctx, scorer, result, out_dir, as_json, show_phi)
+
+
+def _quiet_pydicom() -> None:
+    """Stop pydicom from validating values while reading.
+
+    Its warnings quote the offending element's value on stderr (noise on real archives, and a
+    value can hold patient data); ingest accepts such values either way.
+    """
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def _run(scorer: Scorer, paths: list[Path]) -> ScoreResult:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import click
-from tqdm import tqdm
-
 from ichrt.runtime.cli import EXIT_OK
 from ichrt.runtime.synth import PRESETS, write_dataset
+from tqdm import tqdm
 
 EPILOG = """\b
 Writes in --out: stage_2_train.csv (ID_<id>_<subtype>,Label), stage_2_train/ID_<id>.dcm,
@@ -72,7 +72,7 @@ def synth(ctx: click.Context, out_dir: Path, studies: int, seed: int, slices: tu
           size: int, prevalence: float, preset: str, jpg: bool, overwrite: bool,
           as_json: bool) -> None:
     """Generate labelled head-CT phantom studies (with masks and boxes) as DICOM files."""
-    with tqdm(total=studies, unit="study", desc="synth", file=click.get_text_stream("stderr"),
+    with tqdm(total=studies, unit="study", desc="synth", file=sys.stderr,
               disable=None) as bar:
         def advance(n_slices: int) -> None:
             bar.update(1)

@@ -13,7 +13,7 @@ __all__ = ["PRESETS", "PhantomConfig", "PhantomStudy", "generate_slice", "genera
            "write_dataset"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - lazy: the writer imports pydicom
+def __getattr__(name: str):
     if name == "write_dataset":
         from ichrt.runtime.synth.writer import write_dataset
 

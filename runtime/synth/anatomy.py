@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 from ichrt.runtime.synth.config import PhantomConfig
 from ichrt.runtime.synth.render import HEAD_DTYPE, N_TEXTURES, T_CALC, T_DEEP, TEX
 
@@ -25,7 +24,8 @@ class Head:
     rec: np.ndarray
     #: (4, 8) contour Fourier coefficients: shape (rows 0-1), skull thickness (rows 2-3).
     coef: np.ndarray
-    #: (n, 8) ventricle capsules (x0, y0, z0, r0, x1, y1, z1, r1), both sides.
+    #: (n, 14) ventricle capsules (x0, y0, z0, r0, x1, y1, z1, r1, then the bounding box
+    #: x_lo, x_hi, y_lo, y_hi, z_lo, z_hi), both sides.
     vseg: np.ndarray
     #: (n, 7) deep nuclei and calcifications (cx, cy, cz, rx, ry, rz, tissue code).
     deep: np.ndarray
@@ -112,16 +112,16 @@ def _shape(rng: np.random.Generator, cfg: PhantomConfig, r: np.void) -> np.ndarr
     r["s_ap"] = s * _u(rng, (0.8, 1.2))
     r["s_top"] = s * _u(rng, (0.9, 1.3))
     r["temporalis"] = _u(rng, (2.0, 8.0))
-    r["fat_frac"] = _u(rng, (0.0, 0.4))
+    r["fat_frac"] = _u(rng, (0.0, 0.3)) if rng.random() < 0.5 else 0.0
     r["frontal_sinus"] = 0.0 if rng.random() < 0.15 else _u(rng, (4.0, 14.0))
     r["fs_z"] = _u(rng, (-22.0, -4.0))
     asym = _u(rng, cfg.asymmetry)
     coef = np.zeros((4, 8))
-    for k, weight in enumerate((0.6, 1.0, 0.6, 0.4)):
+    for k, weight in enumerate((0.7, 1.0, 0.35, 0.15)):
         coef[0, 2 * k:2 * k + 2] = rng.normal(0.0, asym * weight, 2)
         coef[1, 2 * k:2 * k + 2] = rng.normal(0.0, 0.5 * asym * weight, 2)
-        coef[2, 2 * k:2 * k + 2] = rng.normal(0.0, 0.12, 2)
-        coef[3, 2 * k:2 * k + 2] = rng.normal(0.0, 0.06, 2)
+        coef[2, 2 * k:2 * k + 2] = rng.normal(0.0, 0.08 * weight, 2)
+        coef[3, 2 * k:2 * k + 2] = rng.normal(0.0, 0.04 * weight, 2)
     return coef
 
 
@@ -159,7 +159,7 @@ def _brain(rng: np.random.Generator, cfg: PhantomConfig, r: np.void) -> float:
     r["gm_t"] = _u(rng, (2.2, 3.2))
     r["sul_P"] = _u(rng, cfg.sulcal_period)
     r["sul_W"] = r["sul_P"] * _u(rng, (0.3, 0.7))
-    r["sul_D"] = _u(rng, (10.0, 19.0))
+    r["sul_D"] = _u(rng, (12.0, 22.0))
     r["sul_w"] = 0.3 + 1.7 * atrophy * _u(rng, (0.5, 1.2))
     r["ih_w"] = 0.6 + 2.0 * atrophy * _u(rng, (0.5, 1.2))
     r["xm0"] = _u(rng, (-2.0, 2.0))
@@ -171,13 +171,14 @@ def _brain(rng: np.random.Generator, cfg: PhantomConfig, r: np.void) -> float:
     r["folia_P"] = _u(rng, (3.5, 5.0))
     r["bs_scale"] = _u(rng, (0.9, 1.1))
     r["vent4"] = _u(rng, (0.8, 1.4)) * (1.0 + 0.4 * atrophy)
+    r["sinus_w"] = _u(rng, (2.0, 4.5))
     return atrophy
 
 
 #: Lateral ventricle centre line (right side): frontal tip, foramen of Monro, body, atrium,
 #: occipital tip, temporal horn start and tip; (x, y, z, radius) in mm.
 _VENTRICLE = np.array([
-    [9.0, 30.0, 6.0, 3.5], [11.0, 14.0, 10.0, 5.0], [13.0, -6.0, 17.0, 4.5],
+    [13.0, 31.0, 6.0, 3.5], [9.5, 13.0, 11.0, 5.0], [13.0, -6.0, 17.0, 4.5],
     [21.0, -28.0, 10.0, 6.0], [16.0, -50.0, 6.0, 2.0], [27.0, -22.0, -6.0, 2.6],
     [30.0, 2.0, -20.0, 1.6],
 ])
@@ -202,8 +203,15 @@ def _ventricles(rng: np.random.Generator, cfg: PhantomConfig, r: np.void,
         scale = base * _u(rng, (0.85, 1.15))
         pts = ventricle_points(scale, side, 0.85 + 0.15 * scale)
         sides.append(pts)
-        segs.extend(np.concatenate([pts[a], pts[b]]) for a, b in _SEGMENTS)
+        segs.extend(np.concatenate([pts[a], pts[b], _capsule_box(pts[a], pts[b])])
+                    for a, b in _SEGMENTS)
     return np.array(segs), sides
+
+
+def _capsule_box(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(x_lo, x_hi, y_lo, y_hi, z_lo, z_hi) of the capsule between points (x, y, z, r)."""
+    r = max(p[3], q[3])
+    return np.array([v for k in range(3) for v in (min(p[k], q[k]) - r, max(p[k], q[k]) + r)])
 
 
 def _nuclei(rng: np.random.Generator, cfg: PhantomConfig, sides: list[np.ndarray]) -> np.ndarray:
@@ -260,6 +268,18 @@ def _holder(rng: np.random.Generator, r: np.void) -> None:
     r["hold_y"] = r["cy"] + back + _u(rng, (3.0, 25.0)) - r["hold_r"]
 
 
+def _bounds(r: np.void, coef: np.ndarray) -> None:
+    """Early-exit bounds of the rasterizer (conservative)."""
+    wobble = 1.0 + np.abs(coef[:2]).sum()
+    r["r_bound"] = 1.1 * wobble * max(
+        r["B"] + r["t_ap"] * 1.5 + r["s_ap"] + r["frontal_sinus"],
+        r["A"] + r["t_lat"] * 1.5 + r["s_lat"] + r["temporalis"],
+        r["oy"] + r["globe_r"] + 30.0 + abs(r["yc0"]) + abs(r["yc1"]) * 90.0,
+    )
+    r["floor_max"] = max(r["z_af"] + 9.0 + 0.22 * (r["B"] - r["y_sph"] - 25.0), r["z_pc"],
+                         r["z_sella"], r["z_tb"]) + 4.0
+
+
 def draw_head(rng: np.random.Generator, cfg: PhantomConfig, extra_pitch: float = 0.0) -> Head:
     """One patient's head drawn from ``cfg``; ``extra_pitch`` (degrees) adds a gantry tilt."""
     rec = np.zeros((), HEAD_DTYPE)
@@ -272,5 +292,6 @@ def draw_head(rng: np.random.Generator, cfg: PhantomConfig, extra_pitch: float =
     _densities(rng, cfg, r)
     rot = _pose(rng, cfg, r, extra_pitch)
     _holder(rng, r)
+    _bounds(r, coef)
     rec[()] = r
     return Head(rec=rec, coef=coef, vseg=vseg, deep=deep, tex=textures(rng), rotation=rot)

@@ -7,7 +7,7 @@ import numpy as np
 
 
 @nb.njit(cache=True, nogil=True)
-def _component_boxes(mask):  # noqa: ANN001, ANN202 - Numba kernel
+def _component_boxes(mask):
     """(n, 4) int64 boxes (x0, y0, x1, y1 inclusive) of 8-connected components, scan order."""
     rows, cols = mask.shape
     seen = np.zeros((rows, cols), np.bool_)

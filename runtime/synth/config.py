@@ -27,7 +27,7 @@ class PhantomConfig:
     #: width / length ratio of the cranial cavity (dolicho- to brachycephalic).
     head_aspect: Range = (0.70, 0.90)
     #: amplitude of the low-order contour asymmetry (fraction of the radius).
-    asymmetry: Range = (0.0, 0.035)
+    asymmetry: Range = (0.0, 0.025)
     skull_thickness: Range = (3.5, 9.0)
     scalp_thickness: Range = (3.0, 8.0)
     #: lateral ventricle radius factor (atrophy and hydrocephalus > 1.3).
@@ -35,7 +35,7 @@ class PhantomConfig:
     #: 0 = young brain (tight sulci), 1 = marked atrophy (wide sulci, wide CSF spaces).
     atrophy: Range = (0.0, 1.0)
     #: mean distance between neighbouring sulci along the brain surface.
-    sulcal_period: Range = (8.0, 14.0)
+    sulcal_period: Range = (14.0, 22.0)
     #: probability of each physiological calcification (pineal, choroid plexus, basal ganglia).
     p_calcification: tuple[float, float, float] = (0.55, 0.6, 0.08)
 
@@ -50,26 +50,28 @@ class PhantomConfig:
     # --- scanner ---
     #: display field of view (mm), drawn from one of these ranges; pixel spacing = fov / size.
     fov: tuple[Range, ...] = ((195.0, 265.0),)
+    #: widen a drawn field of view that would cut the head off (as a technologist would).
+    fit_fov: bool = True
     #: (thickness mm, weight) choices; slice spacing equals thickness.
     slice_thickness: tuple[tuple[float, float], ...] = ((5.0, 0.6), (3.0, 0.15), (2.5, 0.15),
                                                         (4.0, 0.1))
-    #: quantum noise standard deviation in brain (HU).
+    #: quantum noise standard deviation in brain (HU), drawn log-uniformly (low noise is common).
     noise_sigma: Range = (3.0, 10.5)
-    #: noise grain: correlation length of the noise texture (pixels at 512).
-    noise_grain: Range = (0.55, 1.6)
-    #: point-spread blur of the reconstruction kernel (pixels at 512, Gaussian sigma).
-    kernel_blur: Range = (0.45, 1.25)
+    #: point-spread blur of the reconstruction kernel (Gaussian sigma in pixels of 0.45 mm);
+    #: it also sets the noise grain, as on a scanner.
+    kernel_blur: Range = (0.85, 1.8)
     #: edge enhancement of sharp kernels (0 = soft kernel).
-    kernel_sharpen: Range = (0.0, 0.9)
+    kernel_sharpen: Range = (0.2, 0.8)
     #: share of studies with a sharp (edge-enhancing) kernel.
-    p_sharp_kernel: float = 0.35
+    p_sharp_kernel: float = 0.25
     #: beam hardening (cupping) amplitude (HU, brain near the skull brighter than the centre).
     beam_hardening: Range = (0.0, 6.0)
     #: dark band between the petrous bones in posterior fossa slices (HU).
     posterior_fossa_band: Range = (0.0, 25.0)
-    #: number and amplitude (HU) of streaks per slice.
-    streaks: tuple[int, int] = (0, 5)
-    streak_amplitude: Range = (4.0, 30.0)
+    #: share of studies with streaks, their number per slice and amplitude (HU).
+    p_streaks: float = 0.5
+    streaks: tuple[int, int] = (1, 3)
+    streak_amplitude: Range = (3.0, 15.0)
     p_ring: float = 0.08
     p_motion: float = 0.06
     #: global water calibration offset of soft tissue (HU).
@@ -105,7 +107,7 @@ class PhantomConfig:
     p_gantry_tilt: float = 0.08
     p_reverse_order: float = 0.2
 
-    def with_updates(self, **changes: Any) -> "PhantomConfig":
+    def with_updates(self, **changes: Any) -> PhantomConfig:
         """A copy with some fields replaced."""
         return replace(self, **changes)
 
@@ -114,7 +116,7 @@ class PhantomConfig:
         return asdict(self)
 
     @classmethod
-    def preset(cls, name: str) -> "PhantomConfig":
+    def preset(cls, name: str) -> PhantomConfig:
         """The named preset (see :data:`PRESETS`)."""
         try:
             return PRESETS[name]
@@ -128,7 +130,7 @@ def _shifted() -> PhantomConfig:
         name="shifted",
         head_scale=(0.80, 1.18),
         head_aspect=(0.68, 0.94),
-        asymmetry=(0.02, 0.05),
+        asymmetry=(0.02, 0.04),
         ventricle_scale=(0.55, 2.4),
         gray_matter=(35.0, 45.0),
         white_matter=(20.0, 30.0),
@@ -136,16 +138,17 @@ def _shifted() -> PhantomConfig:
         csf=(0.0, 15.0),
         bone=(900.0, 1800.0),
         fov=((165.0, 192.0), (270.0, 330.0)),
+        fit_fov=False,
         slice_thickness=((1.25, 0.3), (2.0, 0.3), (6.0, 0.2), (7.0, 0.2)),
         noise_sigma=(10.5, 14.0),
-        noise_grain=(1.6, 2.2),
-        kernel_blur=(1.25, 1.6),
-        kernel_sharpen=(0.9, 1.3),
+        kernel_blur=(1.8, 2.3),
+        kernel_sharpen=(0.8, 1.0),
         p_sharp_kernel=0.5,
         beam_hardening=(6.0, 10.0),
         posterior_fossa_band=(25.0, 40.0),
-        streaks=(4, 9),
-        streak_amplitude=(20.0, 45.0),
+        p_streaks=1.0,
+        streaks=(3, 8),
+        streak_amplitude=(15.0, 35.0),
         p_ring=0.3,
         p_motion=0.2,
         calibration_offset=(-5.0, 5.0),

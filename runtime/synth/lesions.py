@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.synth.anatomy import Head
 from ichrt.runtime.synth.config import PhantomConfig
@@ -131,8 +130,7 @@ def _ventricular(rng: np.random.Generator, cfg: PhantomConfig, head: Head, rec: 
         rec["rx"], rec["ry"], rec["rz"] = (40.0 if side == 0.0 else 16.0), 30.0, 22.0
     rec["cast"] = 1.0 if cast else 0.0
     # lowest (most posterior in the scanner) point of the occipital horns and atria
-    pts = head.vseg[:, :3].copy()
-    pts = np.concatenate([pts, head.vseg[:, 4:7]])
+    pts = np.concatenate([head.vseg[:, :3], head.vseg[:, 4:7]])
     if side != 0.0:
         pts = pts[np.sign(pts[:, 0]) == side]
     radius = float(head.vseg[:, 3].max())

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
-
 from ichrt.runtime.synth.config import PhantomConfig
 
 #: Reference pixel size (mm) of the config's pixel-denominated ranges (512 matrix, 230 mm FOV).
@@ -76,11 +75,11 @@ def draw_protocol(rng: np.random.Generator, cfg: PhantomConfig, size: int,
         thickness=float(rng.choice(thick, p=w / w.sum())),
         blur=float(rng.uniform(*cfg.kernel_blur)) * REF_SPACING,
         sharpen=float(rng.uniform(*cfg.kernel_sharpen)) if sharp else 0.0,
-        noise=float(rng.uniform(*cfg.noise_sigma)),
+        noise=float(np.exp(rng.uniform(*np.log(cfg.noise_sigma)))),
         centre_noise=float(rng.uniform(0.0, 0.4)),
         cupping=float(rng.uniform(*cfg.beam_hardening)),
         fossa_band=float(rng.uniform(*cfg.posterior_fossa_band)),
-        n_streaks=cfg.streaks,
+        n_streaks=cfg.streaks if rng.random() < cfg.p_streaks else (0, 0),
         streak_amplitude=cfg.streak_amplitude,
         rings=rings,
         motion=motion,
@@ -93,7 +92,7 @@ def kernel_1d(sigma_px: float, sharpen: float) -> np.ndarray:
     """Separable reconstruction kernel (sums to 1): Gaussian, minus a wider one when sharp."""
     sigma_px = max(sigma_px, 0.25)
     wide = 2.5 * sigma_px
-    radius = int(math.ceil(3.0 * (wide if sharpen > 0.0 else sigma_px)))
+    radius = math.ceil(2.5 * wide if sharpen > 0.0 else 3.0 * sigma_px)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     g1 = np.exp(-0.5 * (x / sigma_px) ** 2)
     g1 /= g1.sum()
@@ -108,7 +107,7 @@ _jit = nb.njit(cache=True, fastmath=True, nogil=True, parallel=True)
 
 
 @nb.njit(cache=True, inline="always")
-def _uniform2(seed, i, j):  # noqa: ANN001, ANN202 - Numba helper
+def _uniform2(seed, i, j):
     """Two uniforms in [0, 1) from a counter-based hash (splitmix64) of (seed, i, j)."""
     z = np.uint64(seed) + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(j) * np.uint64(
         0xD1B54A32D192ED03)
@@ -121,7 +120,7 @@ def _uniform2(seed, i, j):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _add_noise(clean, seed, sigma, centre, cx, cy, q00, q01, q11, out):  # noqa: ANN001, ANN202
+def _add_noise(clean, seed, sigma, centre, cx, cy, q00, q01, q11, out):
     """out = clean + sigma(x) * unit noise; sigma grows towards the middle of the head ellipse
     (quadratic form q in pixels around (cx, cy)) and is lower in air."""
     rows, cols = clean.shape
@@ -137,34 +136,41 @@ def _add_noise(clean, seed, sigma, centre, cx, cy, q00, q01, q11, out):  # noqa:
 
 
 @_jit
-def _filter_rows(src, k, out):  # noqa: ANN001, ANN202
+def _filter_rows(src, k, out):
+    """Convolve each row with ``k`` (edges replicated); inner loops run over contiguous pixels."""
     rows, cols = src.shape
     r = k.shape[0] // 2
     for i in nb.prange(rows):
-        for j in range(cols):
-            acc = 0.0
-            for t in range(-r, r + 1):
-                jj = min(max(j + t, 0), cols - 1)
-                acc += k[t + r] * src[i, jj]
-            out[i, j] = acc
+        line = np.empty(cols + 2 * r, np.float32)
+        line[r:r + cols] = src[i]
+        line[:r] = src[i, 0]
+        line[r + cols:] = src[i, cols - 1]
+        acc = np.zeros(cols, np.float32)
+        for t in range(2 * r + 1):
+            w = k[t]
+            for j in range(cols):
+                acc[j] += w * line[j + t]
+        out[i] = acc
 
 
 @_jit
-def _filter_cols(src, k, out):  # noqa: ANN001, ANN202
+def _filter_cols(src, k, out):
+    """Convolve each column with ``k`` (edges replicated), row by row for contiguous access."""
     rows, cols = src.shape
     r = k.shape[0] // 2
     for i in nb.prange(rows):
-        for j in range(cols):
-            acc = 0.0
-            for t in range(-r, r + 1):
-                ii = min(max(i + t, 0), rows - 1)
-                acc += k[t + r] * src[ii, j]
-            out[i, j] = acc
+        acc = np.zeros(cols, np.float32)
+        for t in range(2 * r + 1):
+            w = k[t]
+            ii = min(max(i + t - r, 0), rows - 1)
+            for j in range(cols):
+                acc[j] += w * src[ii, j]
+        out[i] = acc
 
 
 @_jit
-def _finish(img, lines, ring, cup, cx, cy, q00, q01, q11, fov_r, low, high):  # noqa: ANN001, ANN202
-    """Add cupping, streak lines (nx, ny, offset, amp, width px) and rings; air outside the
+def _finish(img, lines, ring, cup, cx, cy, q00, q01, q11, fov_r, low, high):
+    """Add cupping, streak lines (see :func:`streak_lines`) and rings; air outside the
     reconstruction circle; clip and round to integer HU (in place)."""
     rows, cols = img.shape
     nl = lines.shape[0]
@@ -186,7 +192,8 @@ def _finish(img, lines, ring, cup, cx, cy, q00, q01, q11, fov_r, low, high):  # 
             for m in range(nl):
                 d = abs(lines[m, 0] * j + lines[m, 1] * i - lines[m, 2]) / lines[m, 4]
                 if d < 3.0:
-                    v += lines[m, 3] * math.exp(-d * d)
+                    along = (-lines[m, 1] * j + lines[m, 0] * i - lines[m, 5]) / lines[m, 6]
+                    v += lines[m, 3] * math.exp(-d * d - along * along)
             k = int(2.0 * rad)
             if k < nr:
                 v += ring[k]
@@ -218,27 +225,31 @@ def ring_profile(rings: list[tuple[float, float, float]], size: int) -> np.ndarr
 
 def streak_lines(rng: np.random.Generator, proto: Protocol, geom: SliceGeometry,
                  motion: bool) -> np.ndarray:
-    """Random streaks through the head (more with motion) plus the petrous band."""
+    """Streaks from points near the skull (more with motion), plus the petrous band: rows of
+    (nx, ny, offset, amplitude, width, source along the line, fade length), pixels."""
     lo, hi = proto.n_streaks
     n = int(rng.integers(lo, hi + 1)) + (4 if motion else 0)
     cx, cy = geom.centre
+    radius = 70.0 / proto.spacing
     rows = []
-    spread = 0.25 * proto.size
     for _ in range(n):
         ang = rng.uniform(0.0, math.pi)
         nx, ny = math.cos(ang), math.sin(ang)
-        px, py = cx + rng.normal(0.0, spread), cy + rng.normal(0.0, spread)
+        at = rng.uniform(0.0, 2.0 * math.pi)
+        px, py = cx + radius * math.cos(at), cy + radius * math.sin(at)
         amp = float(rng.uniform(*proto.streak_amplitude)) * float(rng.choice([-1.0, 1.0]))
-        width = float(rng.uniform(0.6, 2.0))
-        rows.append((nx, ny, nx * px + ny * py, amp * (0.3 if not motion else 1.0), width))
+        width = float(rng.uniform(1.5, 4.0))
+        fade = float(rng.uniform(0.5, 1.5)) * proto.size
+        rows.append((nx, ny, nx * px + ny * py, amp, width, -ny * px + nx * py, fade))
     if geom.fossa_line is not None:
-        rows.append(geom.fossa_line)
-    return np.asarray(rows, np.float64).reshape(-1, 5)
+        rows.append((*geom.fossa_line, 0.0, 1e9))
+    return np.asarray(rows, np.float64).reshape(-1, 7)
 
 
 def scan_slice(clean: np.ndarray, proto: Protocol, geom: SliceGeometry, index: int,
-               rng: np.random.Generator, work: np.ndarray | None = None) -> np.ndarray:
-    """Clean HU (H, W) float32 -> the scanner's integer-valued HU image (new float32 array)."""
+               rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+    """Clean HU (H, W) float32 -> the scanner's integer-valued HU image (float32, in ``out``
+    when given)."""
     motion = index in proto.motion
     if motion:
         clean = _motion(clean, rng, proto)
@@ -248,24 +259,25 @@ def scan_slice(clean: np.ndarray, proto: Protocol, geom: SliceGeometry, index: i
     sigma_in = proto.noise / gain
     cx, cy = geom.centre
     q00, q01, q11 = geom.quad
-    noisy = np.empty_like(clean) if work is None else work
-    out = np.empty_like(clean)
+    noisy = np.empty_like(clean)
+    rows = np.empty_like(clean)
+    out = np.empty_like(clean) if out is None else out
     seed = (proto.seed + 0x9E3779B97F4A7C15 * (index + 1)) % 2**63
     _add_noise(clean, seed, sigma_in, proto.centre_noise, cx, cy, q00, q01, q11, noisy)
-    _filter_rows(noisy, k, out)
-    _filter_cols(out, k, noisy)
+    _filter_rows(noisy, k, rows)
+    _filter_cols(rows, k, out)
     lines = streak_lines(rng, proto, geom, motion)
-    _finish(noisy, lines, ring_profile(proto.rings, size), proto.cupping, cx, cy, q00, q01, q11,
+    _finish(out, lines, ring_profile(proto.rings, size), proto.cupping, cx, cy, q00, q01, q11,
             proto.fov_radius, HU_LOW, HU_HIGH)
-    return noisy
+    return out
 
 
 def _motion(clean: np.ndarray, rng: np.random.Generator, proto: Protocol) -> np.ndarray:
     """Patient motion during the rotation: a blend of the slice with a shifted copy (ghost)."""
     shift_mm = rng.uniform(1.5, 6.0)
     ang = rng.uniform(0.0, 2.0 * math.pi)
-    dy = int(round(shift_mm * math.sin(ang) / proto.spacing))
-    dx = int(round(shift_mm * math.cos(ang) / proto.spacing))
+    dy = round(shift_mm * math.sin(ang) / proto.spacing)
+    dx = round(shift_mm * math.cos(ang) / proto.spacing)
     w = rng.uniform(0.2, 0.45)
     ghost = np.roll(clean, (dy, dx), axis=(0, 1))
     return ((1.0 - w) * clean + w * ghost).astype(np.float32)

@@ -48,12 +48,14 @@ _HEAD_FIELDS = (
     # brain
     "csf_t", "gm_t", "sul_P", "sul_W", "sul_D", "sul_w", "ih_w", "xm0", "xm1", "z_cc",
     "x_ins", "y_syl", "w_syl", "folia_P", "bs_scale",
-    "mls", "mls_y", "mls_z", "w3", "vent4",
+    "mls", "mls_y", "mls_z", "w3", "vent4", "sinus_w",
     # densities (HU)
     "hu_gm", "hu_wm", "hu_deep", "hu_csf", "hu_table", "hu_diploe", "hu_scalp", "hu_fat",
     "hu_muscle", "hu_dura", "hu_eye", "hu_lens", "hu_holder", "hu_cb", "hu_bs", "tex_amp",
     # head holder (scanner frame)
     "hold_x", "hold_y", "hold_r", "hold_t", "hold_cos",
+    # bounds for early exits: highest point of the cranial floor, radius enclosing the head
+    "floor_max", "r_bound",
 )
 #: Per-study numbers of the rasterizer (one record per study).
 HEAD_DTYPE = np.dtype([(name, np.float64) for name in _HEAD_FIELDS])
@@ -78,7 +80,7 @@ _jit = nb.njit(cache=True, fastmath=True, nogil=True)
 
 
 @_jit
-def _tex(tex, k, u, v):  # noqa: ANN001, ANN202 - Numba helper
+def _tex(tex, k, u, v):
     """Bilinear periodic lookup of texture ``k`` at texel coordinates (u, v)."""
     fu = math.floor(u)
     fv = math.floor(v)
@@ -94,19 +96,19 @@ def _tex(tex, k, u, v):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _clip1(v):  # noqa: ANN001, ANN202 - Numba helper
+def _clip1(v):
     """Clip a unit-variance texture value to [-1, 1] (at 2 sigma)."""
     v = 0.5 * v
-    return -1.0 if v < -1.0 else (1.0 if v > 1.0 else v)
+    return -1.0 if v < -1.0 else (min(v, 1.0))
 
 
 @_jit
-def _sig(t):  # noqa: ANN001, ANN202 - Numba helper
+def _sig(t):
     return 1.0 / (1.0 + math.exp(-t))
 
 
 @_jit
-def _shrink(z, top, bottom):  # noqa: ANN001, ANN202 - Numba helper
+def _shrink(z, top, bottom):
     """Cross-section factor of an egg-shaped layer at height z (1 at z = 0, 0 at its ends)."""
     q = z / top if z > 0.0 else z / bottom
     q = 1.0 - q * q
@@ -114,7 +116,7 @@ def _shrink(z, top, bottom):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _fourier(coef, row, zn, c, s):  # noqa: ANN001, ANN202 - Numba helper
+def _fourier(coef, row, zn, c, s):
     """sum_k (a_k + b_k zn) cos(k theta) + (c_k + d_k zn) sin(k theta) from cos/sin of theta."""
     ck, sk = c, s
     total = 0.0
@@ -126,7 +128,7 @@ def _fourier(coef, row, zn, c, s):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _floor_z(h, tex, x, y):  # noqa: ANN001, ANN202 - Numba helper
+def _floor_z(h, tex, x, y):
     """Height of the cranial floor under (x, y): anterior fossa (orbital roofs), middle and
     posterior fossae as bowls, petrous crests, sphenoid body and clivus, foramen magnum."""
     ax = abs(x)
@@ -138,9 +140,9 @@ def _floor_z(h, tex, x, y):  # noqa: ANN001, ANN202 - Numba helper
     z_af = h.z_af - 7.0 * math.exp(-(x / 6.0) ** 2) + 9.0 * roof + 0.22 * (y - h.y_sph - 25.0)
     z_mf = h.z_mf + 10.0 * ((ax - 33.0) / 22.0) ** 2 + 8.0 * ((y - h.y_sph + 26.0) / 22.0) ** 2
     y_fm = _brainstem_y(h, h.z_pf)
-    z_pf = h.z_pf + 22.0 * ((x / 56.0) ** 2 + ((y - y_fm + 16.0) / 52.0) ** 2)
+    z_pf = min(h.z_pf + 22.0 * ((x / 56.0) ** 2 + ((y - y_fm + 16.0) / 52.0) ** 2), h.z_tb - 3.0)
     floor = wa * z_af + (1.0 - wa) * (wp * z_pf + (1.0 - wp) * min(z_mf, h.z_pc))
-    floor += 3.5 * _tex(tex, TEX_SMOOTH, x * 0.12 + 30.0, y * 0.12)
+    floor += 3.5 * _clip1(_tex(tex, TEX_SMOOTH, x * 0.12 + 30.0, y * 0.12))
     # petrous ridges: raised crests along the middle / posterior fossa border
     lateral = _sig((ax - 12.0) / 2.0) * _sig((58.0 - ax) / 3.0)
     crest = h.z_pc - 0.09 * dp * dp - 0.06 * ax
@@ -161,7 +163,7 @@ def _floor_z(h, tex, x, y):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _tent_z(h, x, y):  # noqa: ANN001, ANN202 - Numba helper
+def _tent_z(h, x, y):
     """Height of the tentorium over (x, y) (apex at the incisura, sloping down to its rim)."""
     q = math.sqrt((x / 50.0) ** 2 + ((y - h.y_ta) / (h.B - 6.0 + h.y_ta)) ** 2)
     q = min(q, 1.3)
@@ -169,7 +171,7 @@ def _tent_z(h, x, y):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _brainstem_y(h, z):  # noqa: ANN001, ANN202 - Numba helper
+def _brainstem_y(h, z):
     """AP centre of the brainstem at height z: behind the clivus, below the midbrain."""
     yc = h.y_ds - 3.0 - 12.0 * h.bs_scale
     if z < h.z_sella:
@@ -178,7 +180,7 @@ def _brainstem_y(h, z):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _brainstem_r(h, z):  # noqa: ANN001, ANN202 - Numba helper
+def _brainstem_r(h, z):
     """(rx, ry) of the brainstem at height z: medulla, pons, midbrain."""
     s = h.bs_scale
     if z < h.z_pf + 12.0:
@@ -190,14 +192,17 @@ def _brainstem_r(h, z):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _segment_inside(px, py, pz, seg):  # noqa: ANN001, ANN202 - Numba helper
-    """Is the point inside the tapered capsule (x0, y0, z0, r0, x1, y1, z1, r1)?"""
+def _segment_inside(px, py, pz, seg):
+    """Is the point inside the tapered capsule (x0, y0, z0, r0, x1, y1, z1, r1, then its
+    bounding box x_lo, x_hi, y_lo, y_hi, z_lo, z_hi)?"""
+    if px < seg[8] or px > seg[9] or py < seg[10] or py > seg[11] or pz < seg[12] or pz > seg[13]:
+        return False
     ax, ay, az, r0 = seg[0], seg[1], seg[2], seg[3]
     bx, by, bz, r1 = seg[4], seg[5], seg[6], seg[7]
     dx, dy, dz = bx - ax, by - ay, bz - az
     ll = dx * dx + dy * dy + dz * dz
     t = ((px - ax) * dx + (py - ay) * dy + (pz - az) * dz) / ll
-    t = 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
+    t = 0.0 if t < 0.0 else (min(t, 1.0))
     qx = px - ax - t * dx
     qy = py - ay - t * dy
     qz = pz - az - t * dz
@@ -206,17 +211,19 @@ def _segment_inside(px, py, pz, seg):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _ellipsoid_q(px, py, pz, e):  # noqa: ANN001, ANN202 - Numba helper
+def _ellipsoid_q(px, py, pz, e):
     """Normalized squared radius of a point in the axis-aligned ellipsoid (cx, cy, cz, rx, ry, rz)."""
+    if abs(px - e[0]) > e[3] or abs(py - e[1]) > e[4] or abs(pz - e[2]) > e[5]:
+        return 2.0
     return ((px - e[0]) / e[3]) ** 2 + ((py - e[1]) / e[4]) ** 2 + ((pz - e[2]) / e[5]) ** 2
 
 
 @_jit
-def _sulcus(h, tex, d, phase, depth, period):  # noqa: ANN001, ANN202 - Numba helper
+def _sulcus(h, tex, d, phase, depth, period):
     """Tissue from the distance to the nearest line of one sulcal family: 0 none, CSF or GM."""
     k = math.floor(phase + 0.5)
     dist = abs(phase - k) * period
-    deep = depth * (0.15 + 0.85 * _sig(3.0 * _tex(tex, TEX_SMOOTH, k * 7.31, depth * 3.7)))
+    deep = depth * (0.35 + 0.65 * _sig(3.0 * _tex(tex, TEX_SMOOTH, k * 7.31, depth * 3.7)))
     if d >= deep + 0.7 * h.gm_t:
         return 0
     width = (h.sul_w * math.sqrt(max(0.0, 1.0 - d / deep)) + 0.12) if d < deep else 0.0
@@ -228,7 +235,7 @@ def _sulcus(h, tex, d, phase, depth, period):  # noqa: ANN001, ANN202 - Numba he
 
 
 @_jit
-def _cortex(h, tex, d, s_coord, z, depth):  # noqa: ANN001, ANN202 - Numba helper
+def _cortex(h, tex, d, s_coord, z, depth):
     """Tissue at depth d (mm) below the brain surface with surface coordinate s: CSF/GM/WM.
 
     Sulci (up to ``depth`` mm deep; 0 = none) are lines of two families (deep primaries,
@@ -236,23 +243,22 @@ def _cortex(h, tex, d, s_coord, z, depth):  # noqa: ANN001, ANN202 - Numba helpe
     depth, lined by cortex."""
     if d < 0.0:
         return T_CSF
-    if depth <= 0.0:
+    if depth <= 0.0 or d >= depth + h.gm_t:
         return T_GM if d < h.gm_t else T_WM
     period = h.sul_P
-    wander = h.sul_W * _tex(tex, TEX_SMOOTH, s_coord * 0.25, z * 0.12)
-    wiggle = 2.4 * _tex(tex, TEX_MEDIUM, s_coord * 0.3 + 17.0, d * 0.45 + z * 0.15)
+    wander = h.sul_W * _tex(tex, TEX_SMOOTH, s_coord * 0.2, z * 0.12)
+    wiggle = 3.5 * _tex(tex, TEX_MEDIUM, s_coord * 0.25 + 17.0, d * 0.3 + z * 0.15)
     phase = (s_coord + wander + wiggle) / period
     t = _sulcus(h, tex, d, phase, depth, period)
-    if t == 0:
-        t = _sulcus(h, tex, d, phase + 0.5 + 0.15 * _tex(tex, TEX_SMOOTH, z * 0.1, s_coord * 0.04),
-                    0.45 * depth, period)
+    if t == 0 and _tex(tex, TEX_SMOOTH, s_coord * 0.15 + 120.0, z * 0.1) > 1.0:
+        t = _sulcus(h, tex, d, phase + 0.5, 0.5 * depth, period)
     if t != 0:
         return t
     return T_GM if d < h.gm_t else T_WM
 
 
 @_jit
-def _extra_axial(h, les, nles, c, s, r_in, d_in, z):  # noqa: ANN001, ANN202 - Numba helper
+def _extra_axial(h, les, nles, c, s, r_in, d_in, z):
     """(index of the EDH/SDH holding the pixel or -1, thickness pushing the brain in)."""
     hit = -1
     push = 0.0
@@ -269,15 +275,14 @@ def _extra_axial(h, les, nles, c, s, r_in, d_in, z):  # noqa: ANN001, ANN202 - N
         if u2 >= 1.0:
             continue
         thick = les[m].thick * (1.0 - u2) ** les[m].profile
-        if thick > push:
-            push = thick
+        push = max(push, thick)
         if d_in < thick:
             hit = m
     return hit, push
 
 
 @_jit
-def _blob_q(les, tex, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
+def _blob_q(les, tex, x, y, z):
     """Irregular normalized radius of a blob lesion (1 on its boundary)."""
     lx = (x - les.cx) / les.rx
     ly = (y - les.cy) / les.ry
@@ -290,12 +295,12 @@ def _blob_q(les, tex, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _blood_hu(les, tex, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
+def _blood_hu(les, tex, x, y, z):
     return les.hu + les.hu_var * _clip1(_tex(tex, TEX_FINE, les.tex_u + x * 0.6, les.tex_v + y * 0.6 + z))
 
 
 @_jit
-def _deep(h, tex, vseg, deep, xd, y, z, tissue):  # noqa: ANN001, ANN202 - Numba helper
+def _deep(h, tex, vseg, deep, xd, y, z, tissue):
     """Ventricles, deep gray nuclei and calcifications (priority over cortex / white matter)."""
     for e in range(deep.shape[0]):
         if deep[e, 6] == T_CALC and _ellipsoid_q(xd, y, z, deep[e]) < 1.0:
@@ -316,7 +321,7 @@ def _deep(h, tex, vseg, deep, xd, y, z, tissue):  # noqa: ANN001, ANN202 - Numba
 
 
 @_jit
-def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):  # noqa: ANN001, ANN202 - Numba helper
+def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):
     """Brainstem, cisterns, fourth ventricle and cerebellum below the tentorium."""
     yb = _brainstem_y(h, z)
     rx, ry = _brainstem_r(h, z)
@@ -324,7 +329,8 @@ def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):  # noqa: ANN001, ANN202 
     if q < 1.0:
         return T_WM if z < h.z_sella + 2.0 else T_DEEP
     cistern = 1.0 + (3.0 + 2.0 * h.csf_t) / rx
-    if q < cistern * cistern and (y > yb - 0.4 * ry or z > h.z_sella - 6.0):
+    front = y > yb - 0.4 * ry if z < h.z_sella - 6.0 else y < yb + 0.45 * ry
+    if q < cistern * cistern and front:
         return T_CSF
     # fourth ventricle behind the pons / medulla
     if h.z_pf + 8.0 < z < h.z_sella - 4.0:
@@ -350,7 +356,7 @@ def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):  # noqa: ANN001, ANN202 
 
 
 @_jit
-def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_in, floor):  # noqa: ANN001, ANN202, E501
+def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_in, floor):
     """(tissue, lesion bits, lesion index) of a pixel inside the cranial cavity."""
     hit, push = _extra_axial(h, les, nles, c, s, r_in, d_in, z)
     if hit >= 0:
@@ -367,7 +373,9 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
             return T_DURA, 0, -1
         return _posterior_fossa(h, tex, x, y, z, dc, floor, tent), 0, -1
     # midline shift (mass effect) moves the deep structures and the lower falx
-    xd = x - h.mls * math.exp(-((y - h.mls_y) ** 2 + (z - h.mls_z) ** 2) / 3200.0)
+    xd = x
+    if h.mls != 0.0:
+        xd = x - h.mls * math.exp(-((y - h.mls_y) ** 2 + (z - h.mls_z) ** 2) / 3200.0)
     # falx and interhemispheric fissure
     xm = h.xm0 + h.xm1 * y
     z_falx = h.z_cc - 1.3 * max(0.0, abs(y - 2.0) - 38.0)
@@ -375,11 +383,11 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
     if not falx:
         xm = xd - x + xm
     dm = abs(x - xm)
-    if falx and dm < 0.45:
+    if falx and (dm < 0.45 or dm < h.sinus_w * (1.0 - d_in / 6.0)):
         return T_DURA, 0, -1
     # surfaces: convexity, cranial floor / tentorium, medial
     d = dc
-    s_coord = math.atan2(x, yr) * (h.A + h.B) * 0.5
+    s_coord = 0.0
     depth = h.sul_D
     d_floor = (z - floor) * 0.9 - 0.4
     if dp < 6.0:
@@ -393,13 +401,15 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
             d = d_med
             s_coord = y + 0.5 * z
             depth = 0.5 * h.sul_D
+    if depth == h.sul_D and d < depth + h.gm_t:
+        s_coord = math.atan2(x, yr) * (h.A + h.B) * 0.5
     tissue = _cortex(h, tex, d, s_coord, z, depth)
     # sylvian fissure and insula
     if -32.0 < z < 12.0 and tissue != T_CSF:
         x_ins = h.x_ins + 3.0 * ((y - h.y_syl - 3.0) / 16.0) ** 2
         x_min = x_ins if z > -16.0 else 16.0
         if ax > x_min - h.gm_t:
-            wave = 4.0 * _tex(tex, TEX_MEDIUM, ax * 0.1 + 50.0, z * 0.1 + (1.0 if x > 0 else 0.0))
+            wave = 3.0 * _tex(tex, TEX_MEDIUM, ax * 0.25 + 50.0, z * 0.15 + (30.0 if x > 0 else 0.0))
             y_syl = h.y_syl + 0.3 * (ax - h.x_ins) - 0.15 * z + wave
             dy = abs(y - y_syl)
             w_syl = h.w_syl * (0.6 + 0.5 * _sig(2.0 * _tex(tex, TEX_SMOOTH, ax * 0.2, z * 0.2 + 9.0)))
@@ -413,27 +423,36 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
     if h.z_sella < z < h.z_sella + 14.0:
         q = (xd / 13.0) ** 2 + ((y - h.y_ds - 10.0) / 10.0) ** 2
         if q < 1.0:
-            tissue = T_DURA if abs(y - h.y_ds - 14.0) < 1.2 and abs(xd) < 7.0 else T_CSF
+            tissue = T_WM if abs(y - h.y_ds - 14.0) < 1.2 and abs(xd) < 7.0 else T_CSF
     # deep structures
     if -38.0 < z < 48.0 and abs(xd) < 42.0 and -68.0 < y < 50.0 and tissue != T_DURA:
         tissue = _deep(h, tex, vseg, deep, xd, y, z, tissue)
-    # midbrain column above the tentorial incisura
+    # midbrain column above the tentorial incisura; ambient and quadrigeminal cisterns at its
+    # sides and back, the interpeduncular notch in front
     if h.z_sella - 2.0 < z < h.z_ta + 4.0:
         yb = _brainstem_y(h, z)
         rx, ry = _brainstem_r(h, z)
         q = (xd / rx) ** 2 + ((y - yb) / ry) ** 2
-        if q < 1.0:
+        notch = abs(xd) < 2.5 and y > yb + 0.55 * ry
+        if q < 1.0 and not notch:
             tissue = T_DEEP
-        elif q < (1.0 + 4.0 / rx) ** 2:
-            tissue = T_CSF
+        else:
+            gap = 1.0 + (1.5 + 1.5 * h.csf_t + 1.2 * _tex(tex, TEX_MEDIUM, xd * 0.3, y * 0.3)) / rx
+            if q < gap * gap and (y < yb + 0.45 * ry or notch):
+                tissue = T_CSF
     return tissue, 0, -1
 
 
 @_jit
-def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
-    """Bone, sinuses, orbits and deep soft tissue below the cranial floor."""
-    ax = abs(x)
+def _skull_base(h, tex, x, y, z, floor):
+    """Bone, sinuses, orbits and deep soft tissue below the cranial floor (on coordinates warped
+    by a few mm so that no outline is a perfect ellipse or line)."""
     depth = floor - z
+    wx = 1.6 * _tex(tex, TEX_MEDIUM, y * 0.25 + 31.0, z * 0.2)
+    wy = 1.6 * _tex(tex, TEX_MEDIUM, x * 0.25 + 77.0, z * 0.2 + 13.0)
+    x += wx
+    y += wy
+    ax = abs(x)
     # orbits: globe, lens, optic nerve and fat in a bony cone
     ex = ax - h.ox
     ey = y - h.oy
@@ -443,14 +462,17 @@ def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
         lens = (ex / 4.5) ** 2 + ((ey - 0.78 * h.globe_r) / 1.8) ** 2 + (ez / 4.5) ** 2
         return T_LENS if lens < 1.0 else T_EYE
     if -40.0 < ey < 0.6 * h.globe_r:
+        # orbit: medial wall parallel to the midline, lateral wall diverging forwards
         t = min(1.0, 1.0 + ey / 40.0)
-        axis_x = 12.0 + (h.ox - 12.0) * t
-        axis_z = h.oz + 3.0 * (1.0 - t)
-        rr = math.sqrt((ax - axis_x) ** 2 + (z - axis_z) ** 2)
-        rad = 3.0 + (h.globe_r + 2.0) * math.sqrt(t)
-        if rr < rad:
-            return T_SOFT if rr < 2.2 and ey < -h.globe_r else T_FAT
-        if rr < rad + 1.8:
+        medial = h.ox - h.globe_r - 2.0
+        lateral = medial + 4.0 + (2.0 * h.globe_r + 2.0) * math.sqrt(t)
+        half_z = 4.0 + (h.globe_r + 2.0) * math.sqrt(t)
+        centre_x = 0.5 * (medial + lateral)
+        q = ((ax - centre_x) / (0.5 * (lateral - medial))) ** 2 + ((z - h.oz) / half_z) ** 2
+        if q < 1.0:
+            nerve = (ax - centre_x) ** 2 + (z - h.oz) ** 2 < 5.0 and ey < -h.globe_r
+            return T_SOFT if nerve else T_FAT
+        if q < 1.35:
             return T_BONE
     honey = _tex(tex, TEX_FINE, x * 0.9, y * 0.9 + z * 0.6)
     # sphenoid sinus under the sella
@@ -466,11 +488,16 @@ def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
     q += ((z - h.oz + 30.0) / (17.0 * h.maxillary)) ** 2
     if q < 1.0:
         return T_BONE if q > 0.85 else T_AIR
-    if ax < 13.0 and h.oy - 40.0 < y < h.oy + 22.0 and z < h.oz - 6.0:
-        if ax < 1.0:
+    if h.oy - 42.0 < y < h.oy + 22.0 and z < h.oz - 4.0:
+        # nasal cavity: pear-shaped, wider low and back; septum and scrolled turbinates
+        width = 5.0 + 9.0 * min(1.0, (h.oz - 4.0 - z) / 25.0) * (1.0 - max(0.0, y - h.oy) / 30.0)
+        if ax < width:
+            if abs(x - 1.2 * math.sin(y * 0.15)) < 0.9:
+                return T_BONE
+            scroll = _tex(tex, TEX_FINE, y * 0.3 + (40.0 if x > 0 else 0.0), z * 0.5)
+            return T_SOFT if ax > 0.4 * width and scroll > 0.0 else T_AIR
+        if ax < width + 1.5:
             return T_BONE
-        turbinate = abs(ax - 7.0) < 2.5 and _tex(tex, TEX_MEDIUM, y * 0.3, z * 0.8) > 0.0
-        return T_SOFT if turbinate else T_AIR
     # nasopharynx
     q = (x / 11.0) ** 2 + ((y - h.oy + 48.0) / 8.0) ** 2 + ((z - h.oz + 34.0) / 14.0) ** 2
     if q < 1.0:
@@ -492,7 +519,7 @@ def _skull_base(h, tex, x, y, z, floor):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _tissue_hu(h, tex, tissue, x, y, z, bone_frac):  # noqa: ANN001, ANN202 - Numba helper
+def _tissue_hu(h, tex, tissue, x, y, z, bone_frac):
     """Clean HU of a tissue class at a head-frame point (texture modulated, within its range)."""
     smooth = _clip1(_tex(tex, TEX_COARSE, x * 0.35, y * 0.35 + z * 0.13))
     if tissue == T_GM:
@@ -526,7 +553,7 @@ def _tissue_hu(h, tex, tissue, x, y, z, bone_frac):  # noqa: ANN001, ANN202 - Nu
 
 
 @_jit
-def _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in, floor, ys_):  # noqa: ANN001, ANN202, E501
+def _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in, floor, ys_):
     """(tissue, lesion bits, HU) inside the cranial cavity, lesions included."""
     nles = les.shape[0]
     tissue, lbits, hit = _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r,
@@ -553,16 +580,15 @@ def _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_i
                 tissue = T_BLOOD
                 lbits |= 1 << kind
                 value = _blood_hu(les[m], tex, x, y, z)
-        elif kind == SUBARACHNOID and tissue == T_CSF:
-            if _blob_q(les[m], tex, x, y, z) < 1.0:
-                tissue = T_BLOOD
-                lbits |= 1 << kind
-                value = _blood_hu(les[m], tex, x, y, z)
+        elif kind == SUBARACHNOID and tissue == T_CSF and _blob_q(les[m], tex, x, y, z) < 1.0:
+            tissue = T_BLOOD
+            lbits |= 1 << kind
+            value = _blood_hu(les[m], tex, x, y, z)
     return tissue, lbits, value
 
 
 @_jit
-def _outside_head(h, xs_, ys_):  # noqa: ANN001, ANN202 - Numba helper
+def _outside_head(h, xs_, ys_):
     """Head holder (a curved shell below the head, scanner frame) or air."""
     hx = xs_ - h.hold_x
     hy = ys_ - h.hold_y
@@ -573,7 +599,7 @@ def _outside_head(h, xs_, ys_):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _in_face(h, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
+def _in_face(h, x, y, z):
     """Face and nose below the forehead (outside the skull ellipsoid)."""
     if z > h.face_top:
         return False
@@ -589,15 +615,19 @@ def _in_face(h, x, y, z):  # noqa: ANN001, ANN202 - Numba helper
 
 
 @_jit
-def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, ANN202
+def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):
     """(tissue, lesion bits, clean HU) of one head-frame point."""
     yr = y - (h.yc0 + h.yc1 * z)
     r = math.sqrt(x * x + yr * yr) + 1e-6
+    if r > h.r_bound:
+        t = _outside_head(h, xs_, ys_)
+        return t, 0, (h.hu_holder if t == T_HOLDER else -1000.0)
     c = x / r
     s = yr / r
     zn = z / h.C
     e = 1.0 + _fourier(coef, 0, zn, c, s)
-    temporal = h.temporalis * math.exp(-((z + 10.0) / 28.0) ** 2) * c * c
+    bump = max(0.0, 1.0 - ((z + 10.0) / 50.0) ** 2)
+    temporal = h.temporalis * bump * bump * c * c
     f_sc = _shrink(z, h.C + h.t_top + h.s_top, h.D + 25.0)
     a_sc = (h.A + h.t_lat + h.s_lat + temporal) * f_sc * e
     b_sc = (h.B + h.t_ap + h.s_ap) * f_sc * e
@@ -616,7 +646,7 @@ def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, A
         if z > 0.0:
             slope = 0.5 * (h.A + h.B) * z / (h.C * h.C * max(f_in, 0.08))
         d_in = (r_in - r) / math.sqrt(1.0 + slope * slope)
-    floor = _floor_z(h, tex, x, y)
+    floor = _floor_z(h, tex, x, y) if z < h.floor_max else -1.0e9
     if d_in > 0.0 and z > floor:
         return _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in,
                                    floor, ys_)
@@ -636,9 +666,8 @@ def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, A
     if r < r_sk:
         span = r_sk - max(r_in, 0.0)
         frac = (r - r_in) / span if span > 0.0 else 0.0
-        if sinus > 2.0 and 0.22 < frac < 0.8:
-            if _tex(tex, TEX_FINE, x * 0.5, z * 0.5) > -0.6:
-                return T_AIR, 0, -1000.0
+        if sinus > 2.0 and 0.22 < frac < 0.8 and _tex(tex, TEX_FINE, x * 0.5, z * 0.5) > -0.6:
+            return T_AIR, 0, -1000.0
         diploe = 1.0 if span > 3.5 and 0.3 < frac < 0.7 else 0.0
         return T_BONE, 0, _tissue_hu(h, tex, T_BONE, x, y, z, diploe)
     r_sc = 1.0 / math.sqrt((c / a_sc) ** 2 + (s / b_sc) ** 2)
@@ -648,24 +677,62 @@ def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):  # noqa: ANN001, A
     return T_SOFT, 0, h.hu_scalp
 
 
+@_jit
+def _point(h, tex, coef, vseg, deep, les, zs, spacing, rows, cols, i, j):
+    """(tissue, bits, HU) of pixel (i, j) of the slice at table position zs."""
+    ys_ = (i + 0.5 - rows / 2.0) * spacing
+    xs_ = (j + 0.5 - cols / 2.0) * spacing
+    dx = xs_ - h.cx
+    dy = -(ys_ - h.cy)
+    dz = zs - h.cz
+    x = h.m00 * dx + h.m01 * dy + h.m02 * dz
+    y = h.m10 * dx + h.m11 * dy + h.m12 * dz
+    z = h.m20 * dx + h.m21 * dy + h.m22 * dz
+    return _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_)
+
+
 @nb.njit(cache=True, fastmath=True, nogil=True, parallel=True)
-def render_kernel(head, tex, coef, vseg, deep, les, zs, spacing, hu, tissue, bits):  # noqa: ANN001, ANN201, E501
+def render_kernel(head, tex, coef, vseg, deep, les, zs, spacing, hu, tissue, bits):
     """Fill ``hu`` (float32), ``tissue`` (uint8) and ``bits`` (uint8) for the slice at table
     position ``zs`` (mm) with square pixels of ``spacing`` mm; ``head`` is a 1-element array of
-    HEAD_DTYPE (records cannot cross Numba's parallel boundary by value)."""
+    HEAD_DTYPE (records cannot cross Numba's parallel boundary by value).
+
+    Adaptive: pixels with even row and column are evaluated first; every other pixel whose
+    surrounding evaluated pixels all share one tissue class and lesion bits takes them and
+    their bilinearly interpolated HU (tissue densities vary smoothly), the rest are evaluated.
+    """
     rows, cols = hu.shape
+    for i2 in nb.prange((rows + 1) // 2):
+        h = head[0]
+        i = 2 * i2
+        for j in range(0, cols, 2):
+            t, b, v = _point(h, tex, coef, vseg, deep, les, zs, spacing, rows, cols, i, j)
+            hu[i, j] = v
+            tissue[i, j] = t
+            bits[i, j] = b
     for i in nb.prange(rows):
         h = head[0]
-        ys_ = (i + 0.5 - rows / 2.0) * spacing
-        dy = -(ys_ - h.cy)
-        dz = zs - h.cz
+        i0 = i - (i & 1)
+        i1 = i0 + 2 if i & 1 else i0
         for j in range(cols):
-            xs_ = (j + 0.5 - cols / 2.0) * spacing
-            dx = xs_ - h.cx
-            x = h.m00 * dx + h.m01 * dy + h.m02 * dz
-            y = h.m10 * dx + h.m11 * dy + h.m12 * dz
-            z = h.m20 * dx + h.m21 * dy + h.m22 * dz
-            t, b, v = _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_)
+            if (i & 1) == 0 and (j & 1) == 0:
+                continue
+            j0 = j - (j & 1)
+            j1 = j0 + 2 if j & 1 else j0
+            if i1 < rows and j1 < cols:
+                t = tissue[i0, j0]
+                b = bits[i0, j0]
+                if (tissue[i0, j1] == t and tissue[i1, j0] == t and tissue[i1, j1] == t
+                        and bits[i0, j1] == b and bits[i1, j0] == b and bits[i1, j1] == b):
+                    fi = 0.5 * (i - i0)
+                    fj = 0.5 * (j - j0)
+                    top = hu[i0, j0] * (1.0 - fj) + hu[i0, j1] * fj
+                    bottom = hu[i1, j0] * (1.0 - fj) + hu[i1, j1] * fj
+                    hu[i, j] = top * (1.0 - fi) + bottom * fi
+                    tissue[i, j] = t
+                    bits[i, j] = b
+                    continue
+            t, b, v = _point(h, tex, coef, vseg, deep, les, zs, spacing, rows, cols, i, j)
             hu[i, j] = v
             tissue[i, j] = t
             bits[i, j] = b

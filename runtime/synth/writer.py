@@ -28,9 +28,6 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
-
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.rsna_layout import (
     BOXES_FILE,
@@ -46,6 +43,8 @@ from ichrt.runtime.rsna_layout import (
 from ichrt.runtime.synth.boxes import component_boxes
 from ichrt.runtime.synth.config import PhantomConfig, resolve_config
 from ichrt.runtime.synth.study import PhantomStudy, generate_study
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
 SUBTYPES = LABELS[1:]
 JPG_DIRS = ("no_hemorrhage", "hemorrhage")
@@ -234,7 +233,7 @@ def write_dataset(
     out = Path(out)
     _prepare(out, jpg, overwrite)
     rng = np.random.default_rng(np.random.SeedSequence(seed).generate_state(4))
-    positives = set(rng.permutation(studies)[: int(round(prevalence * studies))].tolist())
+    positives = set(rng.permutation(studies)[: round(prevalence * studies)].tolist())
     counts = rng.integers(lo, hi + 1, studies)
     start = time.perf_counter()
     when = None
