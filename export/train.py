@@ -478,8 +478,6 @@ class Trainer:
     # -- the loop ------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
         """Train through every stage; returns the last validation metrics."""
-        from tqdm import tqdm
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = self.resume() if resume else None
         cfg, pos = self.config, self.position
@@ -504,39 +502,22 @@ class Trainer:
                     scaler.load_state_dict(state["scaler"])
             state = None
             for epoch in range(pos.epoch, stage.epochs):
+                if cfg.max_steps is not None and pos.global_step >= cfg.max_steps:
+                    return last
                 sampler.set_epoch(epoch, skip=pos.step * cfg.batch_size)
-                loader = make_loader(dataset, cfg.batch_size, sampler, cfg.workers,
-                                     pin_memory=self.device.type == "cuda")
-                started, seen = time.perf_counter(), 0
-                bar = tqdm(loader, total=steps_per_epoch, initial=pos.step, file=sys.stderr,
-                           disable=not self.progress, unit="batch",
-                           desc=f"stage {s + 1}/{len(self.stages)} epoch {epoch + 1}/"
-                                f"{stage.epochs}")
-                stopped = False
-                for batch in bar:
-                    loss = self._step(batch, opt, scaler)
-                    sched.step()
-                    seen += len(batch["image"])
-                    pos.step += 1
-                    pos.global_step += 1
-                    pos.loss_sum += loss * len(batch["image"])
-                    pos.loss_count += len(batch["image"])
-                    bar.set_postfix(loss=f"{pos.loss_sum / pos.loss_count:.4f}")
-                    if cfg.max_steps is not None and pos.global_step >= cfg.max_steps:
-                        stopped = True
-                        break
-                    if cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0:
-                        self._save(opt, sched, scaler, s)
-                bar.close()
-                elapsed = time.perf_counter() - started
+                seen, seconds = self._epoch(dataset, sampler, opt, sched, scaler,
+                                            desc=f"stage {s + 1}/{len(self.stages)} epoch "
+                                                 f"{epoch + 1}/{stage.epochs}")
+                stopped = cfg.max_steps is not None and pos.global_step >= cfg.max_steps
                 last = {"stage": s, "stage_name": stage.name, "epoch": epoch,
-                        "global_step": pos.global_step, "complete": not stopped,
+                        "global_step": pos.global_step,
+                        "complete": pos.step * cfg.batch_size >= len(train_store),
                         "train_loss": pos.loss_sum / max(pos.loss_count, 1),
                         "n_train": len(train_store), "lr": sched.get_last_lr()[0],
-                        "seconds": elapsed, "images_per_s": seen / elapsed if elapsed else None,
+                        "seconds": seconds, "images_per_s": seen / seconds if seconds else None,
                         **self.validate(val_store)}
                 self._record(last)
-                if stopped:
+                if stopped and not last["complete"]:
                     self._save(opt, sched, scaler, s)
                     return last
                 pos.epoch, pos.step, pos.loss_sum, pos.loss_count = epoch + 1, 0, 0.0, 0
@@ -544,6 +525,34 @@ class Trainer:
                     pos.stage, pos.epoch = s + 1, 0
                 self._save(opt, sched, scaler, s)
         return last
+
+    def _epoch(self, dataset: SliceDataset, sampler: EpochSampler, opt, sched, scaler,
+               desc: str) -> tuple[int, float]:
+        """Train the rest of one epoch (or up to ``max_steps``); returns (images, seconds)."""
+        from tqdm import tqdm
+
+        cfg, pos = self.config, self.position
+        loader = make_loader(dataset, cfg.batch_size, sampler, cfg.workers,
+                             pin_memory=self.device.type == "cuda")
+        started, seen = time.perf_counter(), 0
+        with tqdm(loader, total=math.ceil(sampler.num_samples / cfg.batch_size),
+                  initial=pos.step, file=sys.stderr, disable=not self.progress, unit="batch",
+                  desc=desc) as bar:
+            for batch in bar:
+                n = len(batch["image"])
+                loss = self._step(batch, opt, scaler)
+                sched.step()
+                seen += n
+                pos.step += 1
+                pos.global_step += 1
+                pos.loss_sum += loss * n
+                pos.loss_count += n
+                bar.set_postfix(loss=f"{pos.loss_sum / pos.loss_count:.4f}")
+                if cfg.max_steps is not None and pos.global_step >= cfg.max_steps:
+                    break
+                if cfg.checkpoint_every and pos.global_step % cfg.checkpoint_every == 0:
+                    self._save(opt, sched, scaler, self.position.stage)
+        return seen, time.perf_counter() - started
 
     def _write_run_json(self) -> None:
         meta = self.meta()

@@ -19,7 +19,7 @@ and resizes that box. It runs per slice at inference, so it works on a small gri
 
 The box is that extent grown by ``margin`` on each side and made square. A slice without tissue
 gets the centred square of side ``max(H, W)`` (as with no framing). Deterministic; compiled
-with Numba (cached on disk like the windowing kernel), about 0.2 ms per 512 x 512 slice.
+with Numba (cached on disk like the windowing kernel), about 0.3 ms per 512 x 512 slice.
 """
 
 from __future__ import annotations

@@ -52,8 +52,9 @@ def test_seed_baseline_runs_on_the_torch_twin(tmp_path: Path, study: list[Path])
     from explain_helpers import export_twin
 
     path, _, _ = export_twin(tmp_path, "resnet18", size=32)
-    base = seed_baseline(load_model(path, provider="cpu"), study[:2])
-    assert base["available"] is True and base["seconds"] > 0
+    base = seed_baseline(load_model(path, provider="cpu"), study[:2], rounds=1)
+    assert base["available"] is True and base["seconds"] > 0 and base["ichrt_seconds"] > 0
+    assert base["speedup_of_ichrt"] == pytest.approx(base["seconds"] / base["ichrt_seconds"])
 
 
 def test_cli_run_reports_time_and_own_peak_rss(tiny_model, study: list[Path],
@@ -69,7 +70,8 @@ def test_format_report_states_goals() -> None:
                   "providers": ["CPUExecutionProvider"]},
         "latency_ms_per_slice": {"1": 30.0, "8": 20.0, "32": 19.0},
         "end_to_end": {"slices": 40, "seconds": 1.0, "pure_model_seconds": 0.9, "ratio": 1.11},
-        "seed_baseline": {"available": True, "seconds": 3.0, "speedup_of_ichrt": 3.0},
+        "seed_baseline": {"available": True, "seconds": 3.0, "ichrt_seconds": 1.0,
+                          "speedup_of_ichrt": 3.0},
         "explain_s_per_slice": {"cam": 0.001, "gradcam": "unavailable: no torch"},
         "cold_start_s": 3.0, "warm_start_s": 1.5, "peak_rss_mb": 300.0,
     }

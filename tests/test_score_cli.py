@@ -199,3 +199,11 @@ def test_real_process_stderr_has_no_validation_noise_or_phi(tiny_model, tmp_path
     everything = proc.stdout + proc.stderr + outputs_text(tmp_path / "out")
     for secret in [PATIENT_ID, *NAME_PARTS]:
         assert secret not in everything
+
+
+def test_cli_restores_pydicom_validation_mode(tiny_model, clean: Path, tmp_path: Path) -> None:
+    import pydicom.config
+
+    before = pydicom.config.settings.reading_validation_mode
+    run(str(clean), "--out", str(tmp_path), "--model", str(tiny_model[0]))
+    assert pydicom.config.settings.reading_validation_mode == before

@@ -11,6 +11,7 @@ import click
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 from ichrt.runtime.contract import LABELS, ContractError
 from ichrt.runtime.explain import ExplainError
+from ichrt.runtime.pipeline import passive_openmp, quiet_pydicom
 from ichrt.runtime.scorer import EXPLAIN_METHODS, Scorer, ScoreResult, write_result
 from ichrt.runtime.session import PROVIDERS, ModelError, ProviderUnavailable
 from ichrt.runtime.worklist import summary_table
@@ -76,7 +77,8 @@ def score(
     """
     if demo == bool(paths):
         raise click.UsageError("give PATH... to score, or --demo (not both)")
-    _quiet_pydicom()
+    ctx.with_resource(quiet_pydicom())
+    passive_openmp()
     if out_dir is None and not demo:
         raise click.UsageError("--out DIR is required")
     try:
@@ -99,17 +101,6 @@ def score(
     else:
         result = _run(scorer, list(paths))
         _finish(ctx, scorer, result, out_dir, as_json, show_phi)
-
-
-def _quiet_pydicom() -> None:
-    """Stop pydicom from validating values while reading.
-
-    Its warnings quote the offending element's value on stderr (noise on real archives, and a
-    value can hold patient data); ingest accepts such values either way.
-    """
-    import pydicom.config
-
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 
 def _run(scorer: Scorer, paths: list[Path]) -> ScoreResult:

@@ -29,7 +29,7 @@ class PhantomConfig:
     #: amplitude of the low-order contour asymmetry (fraction of the radius).
     asymmetry: Range = (0.0, 0.025)
     skull_thickness: Range = (3.5, 9.0)
-    scalp_thickness: Range = (3.0, 8.0)
+    scalp_thickness: Range = (2.5, 6.5)
     #: lateral ventricle radius factor (atrophy and hydrocephalus > 1.3).
     ventricle_scale: Range = (0.6, 2.1)
     #: 0 = young brain (tight sulci), 1 = marked atrophy (wide sulci, wide CSF spaces).
@@ -91,9 +91,9 @@ class PhantomConfig:
     #: share of positive studies when a study's status is not given.
     prevalence: float = 0.35
     #: relative frequency of each subtype in positive studies (LABELS[1:] order).
-    subtype_weights: tuple[float, ...] = (0.12, 0.30, 0.18, 0.22, 0.28)
+    subtype_weights: tuple[float, ...] = (0.10, 0.28, 0.20, 0.28, 0.22)
     #: probability of a second, third, ... distinct subtype in a positive study.
-    p_extra_subtype: float = 0.35
+    p_extra_subtype: float = 0.45
     #: contrast factor applied to lesion excess density over brain (1 = textbook acute blood).
     lesion_contrast: Range = (0.35, 1.0)
     #: size factor for lesions (1 = typical; small values make subtle lesions).
@@ -128,7 +128,7 @@ def _shifted() -> PhantomConfig:
     """Scanner, pose and lesion settings outside every ``train`` range (held-out domain)."""
     return PhantomConfig(
         name="shifted",
-        head_scale=(0.80, 1.18),
+        head_scale=(0.80, 1.15),
         head_aspect=(0.68, 0.94),
         asymmetry=(0.02, 0.04),
         ventricle_scale=(0.55, 2.4),
@@ -137,8 +137,7 @@ def _shifted() -> PhantomConfig:
         gray_white=(4.0, 15.0),
         csf=(0.0, 15.0),
         bone=(900.0, 1800.0),
-        fov=((165.0, 192.0), (270.0, 330.0)),
-        fit_fov=False,
+        fov=((170.0, 192.0), (270.0, 330.0)),
         slice_thickness=((1.25, 0.3), (2.0, 0.3), (6.0, 0.2), (7.0, 0.2)),
         noise_sigma=(10.5, 14.0),
         kernel_blur=(1.8, 2.3),
@@ -155,7 +154,7 @@ def _shifted() -> PhantomConfig:
         yaw=(-30.0, 30.0),
         pitch=(-20.0, 30.0),
         roll=(-10.0, 10.0),
-        shift=(-30.0, 30.0),
+        shift=(-24.0, 24.0),
         p_large_rotation=0.0,
         lesion_contrast=(0.3, 1.1),
         p_bad_rescale=0.3,

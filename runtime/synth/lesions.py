@@ -121,10 +121,10 @@ def _parenchymal(rng: np.random.Generator, cfg: PhantomConfig, head: Head, z_lo:
 def _ventricular(rng: np.random.Generator, cfg: PhantomConfig, head: Head, rec: np.void) -> None:
     """Blood layering in the dependent (posterior, lowest in the scanner) parts, or a cast."""
     side = rng.choice([-1.0, 0.0, 1.0])
-    cast = rng.random() < 0.25
+    cast = rng.random() < 0.35
     if cast:
         rec["cx"], rec["cy"], rec["cz"] = side * 14.0, _u(rng, -30.0, 10.0), _u(rng, -5.0, 15.0)
-        rec["rx"], rec["ry"], rec["rz"] = (26.0 if side == 0.0 else 14.0), _u(rng, 15.0, 40.0), 25.0
+        rec["rx"], rec["ry"], rec["rz"] = (26.0 if side == 0.0 else 14.0), _u(rng, 15.0, 40.0), 35.0
     else:
         rec["cx"], rec["cy"], rec["cz"] = side * 20.0, -36.0, 8.0
         rec["rx"], rec["ry"], rec["rz"] = (40.0 if side == 0.0 else 16.0), 30.0, 22.0
@@ -160,7 +160,7 @@ def _subarachnoid(rng: np.random.Generator, cfg: PhantomConfig, head: Head, z_lo
         centre = (0.0, _u(rng, -40.0, 40.0), _u(rng, 10.0, 0.7 * r["C"]))
         radii = (6.0, _u(rng, 15.0, 40.0) * size, _u(rng, 10.0, 25.0) * size)
     rec["cx"], rec["cy"], rec["cz"] = centre
-    rec["rx"], rec["ry"], rec["rz"] = (max(6.0, v) for v in radii)
+    rec["rx"], rec["ry"], rec["rz"] = (max(6.0, 1.3 * v) for v in radii)
     rec["irregular"] = _u(rng, 0.3, 0.8)
 
 

@@ -89,7 +89,12 @@ def draw_protocol(rng: np.random.Generator, cfg: PhantomConfig, size: int,
 
 
 def kernel_1d(sigma_px: float, sharpen: float) -> np.ndarray:
-    """Separable reconstruction kernel (sums to 1): Gaussian, minus a wider one when sharp."""
+    """Separable reconstruction kernel (sums to 1): Gaussian, minus a wider one when sharp.
+
+    Edge enhancement fades out when the point spread is narrower than a pixel (coarse
+    matrices): its undershoot lives at the scale of the point spread, not of the pixel.
+    """
+    sharpen *= min(1.0, max(0.0, (sigma_px - 0.3) / 0.5))
     sigma_px = max(sigma_px, 0.25)
     wide = 2.5 * sigma_px
     radius = math.ceil(2.5 * wide if sharpen > 0.0 else 3.0 * sigma_px)

@@ -51,7 +51,7 @@ _HEAD_FIELDS = (
     "mls", "mls_y", "mls_z", "w3", "vent4", "sinus_w",
     # densities (HU)
     "hu_gm", "hu_wm", "hu_deep", "hu_csf", "hu_table", "hu_diploe", "hu_scalp", "hu_fat",
-    "hu_muscle", "hu_dura", "hu_eye", "hu_lens", "hu_holder", "hu_cb", "hu_bs", "tex_amp",
+    "hu_muscle", "hu_dura", "hu_eye", "hu_lens", "hu_holder", "tex_amp",
     # head holder (scanner frame)
     "hold_x", "hold_y", "hold_r", "hold_t", "hold_cos",
     # bounds for early exits: highest point of the cranial floor, radius enclosing the head
@@ -300,7 +300,7 @@ def _blood_hu(les, tex, x, y, z):
 
 
 @_jit
-def _deep(h, tex, vseg, deep, xd, y, z, tissue):
+def _deep(h, vseg, deep, xd, y, z, tissue):
     """Ventricles, deep gray nuclei and calcifications (priority over cortex / white matter)."""
     for e in range(deep.shape[0]):
         if deep[e, 6] == T_CALC and _ellipsoid_q(xd, y, z, deep[e]) < 1.0:
@@ -356,7 +356,7 @@ def _posterior_fossa(h, tex, x, y, z, dc, floor, tent):
 
 
 @_jit
-def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_in, floor):
+def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r_in, d_in, floor):
     """(tissue, lesion bits, lesion index) of a pixel inside the cranial cavity."""
     hit, push = _extra_axial(h, les, nles, c, s, r_in, d_in, z)
     if hit >= 0:
@@ -426,7 +426,7 @@ def _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r, r_in, d_i
             tissue = T_WM if abs(y - h.y_ds - 14.0) < 1.2 and abs(xd) < 7.0 else T_CSF
     # deep structures
     if -38.0 < z < 48.0 and abs(xd) < 42.0 and -68.0 < y < 50.0 and tissue != T_DURA:
-        tissue = _deep(h, tex, vseg, deep, xd, y, z, tissue)
+        tissue = _deep(h, vseg, deep, xd, y, z, tissue)
     # midbrain column above the tentorial incisura; ambient and quadrigeminal cisterns at its
     # sides and back, the interpeduncular notch in front
     if h.z_sella - 2.0 < z < h.z_ta + 4.0:
@@ -510,7 +510,8 @@ def _skull_base(h, tex, x, y, z, floor):
     # bone plate under the floor: normal distance from the floor's slope (walls where it steps)
     gx = _floor_z(h, tex, x + 0.7, y) - floor
     gy = _floor_z(h, tex, x, y + 0.7) - floor
-    if depth * depth < h.t_base * h.t_base * (1.0 + (gx * gx + gy * gy) / 0.49):
+    plate = h.t_base * (0.55 if y > h.y_sph + 6.0 else 1.0)
+    if depth * depth < plate * plate * (1.0 + (gx * gx + gy * gy) / 0.49):
         return T_BONE
     dp = y - (h.y_pet - h.k_pet * ax)
     if 12.0 < ax < 56.0 and abs(dp) < 8.0 and depth < 16.0:
@@ -553,11 +554,11 @@ def _tissue_hu(h, tex, tissue, x, y, z, bone_frac):
 
 
 @_jit
-def _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in, floor, ys_):
+def _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r_in, d_in, floor, ys_):
     """(tissue, lesion bits, HU) inside the cranial cavity, lesions included."""
     nles = les.shape[0]
-    tissue, lbits, hit = _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r,
-                                       r_in, d_in, floor)
+    tissue, lbits, hit = _intracranial(h, tex, vseg, deep, les, nles, x, y, z, yr, c, s, r_in,
+                                       d_in, floor)
     if tissue == T_BLOOD:
         value = _blood_hu(les[hit], tex, x, y, z)
     else:
@@ -648,7 +649,7 @@ def _pixel(h, tex, coef, vseg, deep, les, x, y, z, xs_, ys_):
         d_in = (r_in - r) / math.sqrt(1.0 + slope * slope)
     floor = _floor_z(h, tex, x, y) if z < h.floor_max else -1.0e9
     if d_in > 0.0 and z > floor:
-        return _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r, r_in, d_in,
+        return _intracranial_pixel(h, tex, vseg, deep, les, x, y, z, yr, c, s, r_in, d_in,
                                    floor, ys_)
     if z <= floor:
         t = _skull_base(h, tex, x, y, z, floor)

@@ -22,9 +22,11 @@ from ichrt.runtime.synth.render import LESION_DTYPE, render_kernel
 
 N_SUBTYPES = 5
 #: Lesion cross-sections smaller than this (mm^2) are removed from a slice (pixels and mask).
-MIN_LESION_AREA = 5.0
+MIN_LESION_AREA = 8.0
 #: Height (head frame, mm) of the lowest slice of a full-coverage study (foramen magnum region).
 _BOTTOM = (-86.0, -60.0)
+#: Lowest start of a long stack (upper neck); longer stacks run on above the vertex.
+_LOWEST = -100.0
 
 
 @dataclass
@@ -187,13 +189,16 @@ def _fill_slice(head: Head, lesions: np.ndarray, proto: Protocol, zs: float, ind
 
 def table_positions(rng: np.random.Generator, head: Head, n_slices: int, spacing: float,
                     focus: float | None = None) -> np.ndarray:
-    """Table positions (mm, ascending): from the skull base up, or, when the stack is shorter
-    than the head, a random part of it that contains head height ``focus`` if given."""
+    """Table positions (mm, ascending): from the skull base up (stacks longer than the head
+    start lower, in the upper neck, and may end above the vertex), or, when the stack is
+    shorter than the head, a random part of it that contains head height ``focus`` if given."""
     r = head.r
     top = r["C"] + r["t_top"] + r["s_top"]
     span = (n_slices - 1) * spacing
     low = rng.uniform(*_BOTTOM)
-    if span < top - low:
+    if span > top - low:
+        low = max(_LOWEST, min(low, top + 3.0 - span))
+    elif span < top - low:
         lo, hi = _BOTTOM[0], top - span
         if focus is not None:
             zf = focus / head.rotation[2, 2]

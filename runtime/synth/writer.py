@@ -188,7 +188,9 @@ def _save_jpgs(study: PhantomStudy, out: Path) -> None:
 
     for k, image_id in enumerate(study.identity.image_ids):
         folder = out / JPG_DIRS[int(study.labels[k, 0])]
-        Image.fromarray(window_rgb8(study.hu[k])).save(folder / f"{image_id}.jpg", quality=92)
+        # 4:4:4: each channel holds its own window, chroma subsampling would blur them
+        Image.fromarray(window_rgb8(study.hu[k])).save(folder / f"{image_id}.jpg", quality=95,
+                                                       subsampling=0)
 
 
 def _study_seeds(seed: int, n: int) -> list[int]:
