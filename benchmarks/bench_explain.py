@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.explain.base import METHODS
 from ichrt.runtime.explain.batch import explain_slices, make_explainer
 from ichrt.runtime.session import LoadedModel, load_model
@@ -31,6 +32,7 @@ def setup(tmp_path_factory) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     from explain_helpers import export_twin
+
     from ichrt.runtime.framing import head_boxes
     from ichrt.runtime.synth import generate_study
     from ichrt.runtime.windowing import window_batch

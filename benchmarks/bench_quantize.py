@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ichrt.calibration.quantize import (
     FORMATS,
     CamAgreement,

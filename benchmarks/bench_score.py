@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from ichrt.runtime.commands.bench import (
     STUDY_SLICES,
     end_to_end,

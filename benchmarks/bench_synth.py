@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ichrt.runtime.synth import generate_study, write_dataset
 from ichrt.runtime.synth.writer import write_study_dicom
 

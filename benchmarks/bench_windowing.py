@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.windowing import window_batch, window_reference
 

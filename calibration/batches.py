@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import Rejected, Slice, SliceIdentity
 

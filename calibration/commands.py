@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 
 EXIT_CODES = """\b

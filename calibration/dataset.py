@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.rsna_layout import IMAGES_DIR, LABELS_FILE
 from ichrt.runtime.slices import SliceIdentity

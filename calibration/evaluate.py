@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.calibration.batches import Progress
 from ichrt.calibration.metrics import (
     bootstrap_ci,

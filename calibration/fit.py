@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.calibration.batches import Progress
 from ichrt.calibration.metrics import brier, ece
 from ichrt.calibration.report import jsonable

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.calibration.batches import Batch, Progress, windowed_batches
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import Rejected, SliceIdentity

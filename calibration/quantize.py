@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from ichrt.calibration.metrics import roc_auc
 from ichrt.calibration.report import jsonable
 from ichrt.calibration.saturation import saturated_outputs, saturation_pairs
 
 if TYPE_CHECKING:
     import onnx
+
     from ichrt.calibration.dataset import LabelledSet
     from ichrt.calibration.reader import SliceCalibrationReader
     from ichrt.runtime.contract import ModelContract
@@ -389,6 +391,7 @@ def run_quantization(
     """
     import onnx
     import onnxruntime
+
     from ichrt.calibration.model_io import derive_contract, file_sha256, write_model
     from ichrt.runtime.session import load_model
 

@@ -16,10 +16,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
 from ichrt.calibration.batches import Progress, hu_batches, windowed_batches
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import Rejected
-from onnxruntime.quantization import CalibrationDataReader
 
 INPUT_NAME = "image"
 

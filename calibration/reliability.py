@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.calibration.metrics import ece, reliability_bins
 
 BEFORE = (230, 120, 20)

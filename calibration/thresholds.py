@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
 from ichrt.calibration.metrics import Interval, bootstrap_ci, sensitivity_specificity
 
 LEVELS = ("slice", "study")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from ichrt.export.datasets import FORMATS
 
 EXIT_USAGE = 2
@@ -61,7 +62,7 @@ def _command_line() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", "data", multiple=True, metavar="[FORMAT:]DIR",
-              help="Training data folder (repeatable). FORMAT (rsna or imagefolder) overrides "
+              help="Training data folder (repeatable). FORMAT (see --format) overrides "
                    "--format for this folder; each folder is one source for class balancing.")
 @click.option("--val-data", multiple=True, metavar="[FORMAT:]DIR",
               help="Validation folder(s); when given, --data is not split and all of it trains.")

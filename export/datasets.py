@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.export.samples import Box, Sample, make_labels
 from ichrt.runtime.contract import DEFAULT_WINDOWS, LABELS
 

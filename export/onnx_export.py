@@ -9,8 +9,10 @@
   and ONNX Runtime is checked against torch on the same input before anything is written.
 - ``labels.json`` beside it: label names and order, thresholds, and the class-folder mapping of
   ImageFolder training data.
-- ``<model>.pt`` beside it: the torch weights tied to the ONNX file by its SHA-256, for on-demand
-  Grad-CAM (:func:`load_torch_twin`).
+- ``<model>.pt`` beside it: the torch weights tied to the ONNX graph by the SHA-256 of the graph
+  (weights and operators, metadata left out: :func:`graph_sha256`), for on-demand Grad-CAM
+  (:func:`load_torch_twin`). Calibration rewrites only the metadata (temperatures, thresholds),
+  so a calibrated model keeps its twin; a quantized graph does not.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from ichrt.export.models import IchNet, build_model, cam_parameters, count_parameters
 from ichrt.export.provenance import versions
 from ichrt.runtime.contract import ModelContract
-from torch import nn
 
 OPSET = 18
 TWIN_FORMAT = "ichrt-torch-twin-1"
@@ -94,6 +97,16 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def graph_sha256(path: str | Path) -> str:
+    """SHA-256 of an ONNX model's graph and opsets, without ``metadata_props`` and doc string."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    proto.doc_string = ""
+    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _validation_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
@@ -211,7 +224,7 @@ def export_onnx(
     _write_labels(Path(labels_json) if labels_json else out.parent / "labels.json", out, sha,
                   contract, meta)
     torch.save({"format": TWIN_FORMAT, "arch": contract.arch, "labels": list(contract.labels),
-                "onnx_sha256": sha, "contract": contract.to_dict(), "model": model.state_dict()},
+                "onnx_sha256": sha, "graph_sha256": graph_sha256(out), "contract": contract.to_dict(), "model": model.state_dict()},
                out.with_suffix(".pt"))
     return contract
 
@@ -233,16 +246,16 @@ def load_torch_twin(pt_path: str | Path, onnx_path: str | Path | None = None) ->
                                                                                       ModelContract]:
     """The torch model written beside an ONNX file, in eval mode, with its contract.
 
-    With ``onnx_path`` the twin must name that file's SHA-256, so Grad-CAM never explains other
-    weights than the ones that scored.
+    With ``onnx_path`` the twin must name that file's graph (:func:`graph_sha256`), so Grad-CAM
+    never explains other weights than the ones that scored.
     """
     pt_path = Path(pt_path)
     state = torch.load(pt_path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != TWIN_FORMAT:
         raise ExportError(f"{pt_path}: not an ichrt torch twin ({TWIN_FORMAT})")
-    if onnx_path is not None and sha256_file(Path(onnx_path)) != state["onnx_sha256"]:
+    if onnx_path is not None and graph_sha256(onnx_path) != state.get("graph_sha256"):
         raise ExportError(f"{pt_path}: weights belong to another model than {onnx_path} "
-                          "(SHA-256 differs); export them together again")
+                          "(graph SHA-256 differs); export them together again")
     model = build_model(state["arch"], len(state["labels"]))
     model.load_state_dict(state["model"])
     return model.eval(), ModelContract.from_dict(state["contract"])

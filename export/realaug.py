@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ichrt.export.augment import AugmentConfig
 from ichrt.export.sources import SOURCES, GrayWindow
 
 
@@ -67,3 +69,11 @@ class WindowedExport:
             low += float(rng.uniform(-self.jitter, self.jitter))
             high += float(rng.uniform(-self.jitter, self.jitter))
         return export_window(hu, low, high, float(rng.uniform(*self.bone_hu)))
+
+
+#: The shipped model's augmentation (``--augment-preset ichrt.export.realaug:MIXED``): wide
+#: scanner intensity variation, mild geometry (DICOM arrives in radiological orientation, the
+#: loaders reorient the real sources), and windowed re-export against source shortcuts.
+MIXED = AugmentConfig(box_scale=(0.8, 1.2), box_shift=0.08, hu_slope=(0.94, 1.06),
+                      hu_intercept=(-12.0, 12.0), hu_noise=(0.0, 10.0), vflip=0.1, rotate=20.0,
+                      contrast=(0.8, 1.2), brightness=0.05, noise=0.02).with_hooks(WindowedExport())

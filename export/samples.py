@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from ichrt.runtime.contract import LABELS
 
 #: A lesion box in source pixels: (y0, x0, y1, x1, label), half-open like the windowing boxes.

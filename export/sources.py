@@ -101,9 +101,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.export.samples import Box, Sample, make_labels
 from ichrt.runtime.contract import SUBTYPES
-from numba import njit
+from ichrt.runtime.framing import border_connected
 
 #: HU given to the background outside the head.
 AIR_HU = -1000.0
@@ -191,35 +192,6 @@ class GrayWindow:
         hu[gray >= self.bone_min] = bone_hu
         hu[border_connected(gray <= self.air_max)] = AIR_HU
         return hu
-
-
-@njit(cache=True)
-def _flood_from_border(candidate: np.ndarray) -> np.ndarray:  # pragma: no cover - Numba
-    height, width = candidate.shape
-    reached = np.zeros((height, width), np.bool_)
-    stack = np.empty(height * width, np.int64)
-    top = 0
-    for y in range(height):
-        for x in range(width):
-            if (y == 0 or x == 0 or y == height - 1 or x == width - 1) and candidate[y, x]:
-                reached[y, x] = True
-                stack[top] = y * width + x
-                top += 1
-    while top:
-        top -= 1
-        y, x = divmod(stack[top], width)
-        for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-            v, u = y + dy, x + dx
-            if 0 <= v < height and 0 <= u < width and candidate[v, u] and not reached[v, u]:
-                reached[v, u] = True
-                stack[top] = v * width + u
-                top += 1
-    return reached
-
-
-def border_connected(candidate: np.ndarray) -> np.ndarray:
-    """The pixels of a bool (H, W) mask that are 4-connected to the image border within it."""
-    return _flood_from_border(np.ascontiguousarray(candidate, dtype=np.bool_))
 
 
 @dataclass(frozen=True)

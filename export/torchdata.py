@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
 from ichrt.export.augment import (
     AugmentConfig,
     TensorParams,
@@ -30,7 +32,6 @@ from ichrt.export.samples import Sample
 from ichrt.runtime.contract import LABELS, ModelContract
 from ichrt.runtime.framing import head_boxes
 from ichrt.runtime.windowing import centred_boxes, window_batch
-from torch.utils.data import DataLoader, Dataset, Sampler
 
 BALANCE_MODES = ("none", "class", "source")
 

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from ichrt.calibration.metrics import roc_auc, sensitivity_specificity
 from ichrt.export.augment import PRESETS, AugmentConfig
 from ichrt.export.datasets import DataSpec, class_mapping, iter_spec

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
+
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import SliceIdentity
 

@@ -11,8 +11,9 @@ Stored as one JSON document under the key :data:`METADATA_KEY`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any
 
 METADATA_KEY = "ichrt.contract"
 CONTRACT_VERSION = 1
@@ -106,7 +107,7 @@ class ModelContract:
             raise ContractError(f"input_size must be an int in [8, 2048], got {self.input_size!r}")
         if self.framing not in FRAMINGS:
             raise ContractError(f"framing must be one of {FRAMINGS}, got {self.framing!r}")
-        for key, value in {**self.thresholds, **self.temperatures}.items():
+        for key in {**self.thresholds, **self.temperatures}:
             if key not in self.labels:
                 raise ContractError(f"threshold/temperature for unknown label {key!r}")
         for t in self.thresholds.values():
@@ -137,7 +138,7 @@ class ModelContract:
         """Temperature of ``label`` (1.0 when uncalibrated)."""
         return float(self.temperatures.get(label, 1.0))
 
-    def with_updates(self, **changes: Any) -> "ModelContract":
+    def with_updates(self, **changes: Any) -> ModelContract:
         """A validated copy with some fields replaced."""
         return replace(self, **changes)
 
@@ -154,7 +155,7 @@ class ModelContract:
         return {METADATA_KEY: self.to_json()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ModelContract":
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelContract:
         """Build from :meth:`to_dict` output; unknown keys are an error, not ignored."""
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
@@ -180,7 +181,7 @@ class ModelContract:
             raise ContractError(f"malformed contract: {exc}") from exc
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, str], source: str = "model") -> "ModelContract":
+    def from_metadata(cls, metadata: Mapping[str, str], source: str = "model") -> ModelContract:
         """Read the contract from an ONNX model's metadata map.
 
         Raises:

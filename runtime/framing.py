@@ -25,8 +25,9 @@ with Numba (cached on disk like the windowing kernel), about 0.3 ms per 512 x 51
 from __future__ import annotations
 
 import numpy as np
-from ichrt.runtime.windowing import centred_boxes
 from numba import njit, prange
+
+from ichrt.runtime.windowing import centred_boxes
 
 #: Largest side of the working grid (a 512-pixel slice is read in 8 x 8 blocks).
 GRID = 64
@@ -150,27 +151,40 @@ def _tissue_grid(image, threshold, block, gh, gw):
 
 
 @njit(cache=True)
-def _fill_holes(mask):
-    """Set to True, in place, every background cell not 4-connected to the grid's border."""
-    gh, gw = mask.shape
-    outside = np.zeros((gh, gw), np.bool_)
-    stack = np.empty(gh * gw, np.int64)
+def _flood_from_border(candidate):  # pragma: no cover - Numba
+    """The cells of a bool grid that are 4-connected to the grid's border within ``candidate``."""
+    height, width = candidate.shape
+    reached = np.zeros((height, width), np.bool_)
+    stack = np.empty(height * width, np.int64)
     top = 0
-    for y in range(gh):
-        for x in range(gw):
-            if (y == 0 or x == 0 or y == gh - 1 or x == gw - 1) and not mask[y, x]:
-                outside[y, x] = True
-                stack[top] = y * gw + x
+    for y in range(height):
+        for x in range(width):
+            if (y == 0 or x == 0 or y == height - 1 or x == width - 1) and candidate[y, x]:
+                reached[y, x] = True
+                stack[top] = y * width + x
                 top += 1
     while top:
         top -= 1
-        y, x = divmod(stack[top], gw)
+        y, x = divmod(stack[top], width)
         for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
             v, u = y + dy, x + dx
-            if 0 <= v < gh and 0 <= u < gw and not mask[v, u] and not outside[v, u]:
-                outside[v, u] = True
-                stack[top] = v * gw + u
+            if 0 <= v < height and 0 <= u < width and candidate[v, u] and not reached[v, u]:
+                reached[v, u] = True
+                stack[top] = v * width + u
                 top += 1
+    return reached
+
+
+def border_connected(candidate: np.ndarray) -> np.ndarray:
+    """The pixels of a bool (H, W) mask that are 4-connected to the image border within it."""
+    return _flood_from_border(np.ascontiguousarray(candidate, dtype=np.bool_))
+
+
+@njit(cache=True)
+def _fill_holes(mask):
+    """Set to True, in place, every background cell not 4-connected to the grid's border."""
+    outside = _flood_from_border(~mask)
+    gh, gw = mask.shape
     for y in range(gh):
         for x in range(gw):
             if not outside[y, x]:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.contract import DEFAULT_WINDOWS
 from ichrt.runtime.windowing import window_unit
 

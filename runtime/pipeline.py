@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.aggregate import SliceScore, calibrate
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.dicom import iter_read

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.contract import LABELS
 
 LABELS_FILE = "stage_2_train.csv"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from ichrt.runtime.contract import ContractError, ModelContract
 
 INPUT_NAME = "image"

@@ -74,5 +74,5 @@ class Rejected:
     reason: str
 
     @classmethod
-    def of(cls, path: str | Path, reason: str) -> "Rejected":
+    def of(cls, path: str | Path, reason: str) -> Rejected:
         return cls(str(path), reason)

@@ -32,8 +32,9 @@ environment of the process (set before the first call) avoids that.
 from __future__ import annotations
 
 import numpy as np
-from ichrt.runtime.contract import ModelContract
 from numba import njit, prange
+
+from ichrt.runtime.contract import ModelContract
 
 #: What pixels outside the image read as: air.
 AIR_HU = -1000.0

@@ -12,11 +12,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
+
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.pictures import window_gray8
 from ichrt.runtime.rsna_layout import read_boxes_csv
 from ichrt.runtime.synth import PhantomConfig, generate_study
-from PIL import Image, ImageDraw
 
 TILE = 320
 COLOURS = {"epidural": (255, 60, 60), "intraparenchymal": (255, 200, 0),

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.explain.base import METHODS, ExplainError, normalize
 from ichrt.runtime.explain.batch import explain_slices, make_explainer

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ichrt.runtime.contract import LABELS
 from pydicom.uid import generate_uid
 from score_helpers import head_slice, write_ct
+
+from ichrt.runtime.contract import LABELS
 
 
 def write_labelled_dir(

@@ -12,6 +12,7 @@ from math import factorial
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.contract import ModelContract
 
 
@@ -23,6 +24,7 @@ def export_twin(folder: Path, arch: str = "resnet18", size: int = 96, seed: int 
     from a minimal training checkpoint, so the ONNX file and its torch twin are the shipped kind.
     """
     import torch
+
     from ichrt.export.models import build_model
     from ichrt.export.onnx_export import export_onnx
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.export.samples import Sample, make_labels
 
 

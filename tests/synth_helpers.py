@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from ichrt.runtime.synth.anatomy import Head, draw_head
 from ichrt.runtime.synth.config import PhantomConfig
 from ichrt.runtime.synth.physics import Protocol, draw_protocol

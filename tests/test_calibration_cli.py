@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 from click.testing import CliRunner
+
 from ichrt.calibration.model_io import file_sha256
 from ichrt.runtime.cli import main
 from ichrt.runtime.session import load_model

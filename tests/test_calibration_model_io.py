@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.calibration.model_io import (
     derive_contract,
     file_sha256,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+
 from ichrt.calibration.dataset import open_labelled
 from ichrt.calibration.model_io import file_sha256
 from ichrt.calibration.quantize import (

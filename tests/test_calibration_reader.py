@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
 from ichrt.calibration.dataset import open_labelled
 from ichrt.calibration.reader import SliceCalibrationReader, sample_files
 from ichrt.runtime.dicom import read_slice
 from ichrt.runtime.framing import head_boxes
 from ichrt.runtime.windowing import window_reference
-from onnxruntime.quantization import CalibrationDataReader
 
 pytest_plugins = ("calibration_helpers",)
 

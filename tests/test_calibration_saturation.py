@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.calibration.saturation import layer_saturation, risky_pairs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.calibration.metrics import ece, roc_auc
 from ichrt.calibration.temperature import (
     T_BOUNDS,

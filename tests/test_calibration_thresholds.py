@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.calibration.metrics import sensitivity_specificity
 from ichrt.calibration.thresholds import (
     choose_thresholds,

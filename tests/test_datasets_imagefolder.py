@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from export_helpers import write_imagefolder
+
 from ichrt.export.datasets import (
     DatasetError,
     DataSpec,

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from export_helpers import write_phantoms
+
 from ichrt.export.datasets import DatasetError, load_imagefolder, load_rsna
 from ichrt.runtime import rsna_layout
 from ichrt.runtime.dicom import read_slice

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ichrt.export.splits import group_labels, grouped_split, leaked_groups
 
 

@@ -20,9 +20,6 @@ from dicom_helpers import (
     write_dataset,
     write_series,
 )
-from ichrt.runtime import dicom
-from ichrt.runtime.dicom import IngestError, group_series, iter_files, read_paths, read_slice
-from ichrt.runtime.slices import Rejected, Slice
 from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -34,6 +31,10 @@ from pydicom.uid import (
     MRImageStorage,
     RLELossless,
 )
+
+from ichrt.runtime import dicom
+from ichrt.runtime.dicom import IngestError, group_series, iter_files, read_paths, read_slice
+from ichrt.runtime.slices import Rejected, Slice
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 HEAD = head_hu()

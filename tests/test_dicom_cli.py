@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from dicom_helpers import PATIENT_ID, PATIENT_NAME, STUDY_UID, write_series
+
 from ichrt.runtime.cli import main
 from ichrt.runtime.commands.ingest import ingest
 

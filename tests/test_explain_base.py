@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.explain.base import normalize, otsu_threshold, peak_location, to_slice
 

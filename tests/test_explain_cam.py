@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.contract import LABELS, ModelContract
 from ichrt.runtime.explain.base import to_slice
 from ichrt.runtime.explain.cam import CamUnavailable, cam_maps
@@ -86,10 +87,11 @@ def _inputs(size: int) -> np.ndarray:
 @pytest.mark.parametrize("label", ["any", "subdural"])
 def test_cam_equals_pytorch_grad_cam(twin, label):
     import torch
-    from ichrt.runtime.session import load_model
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from ichrt.runtime.session import load_model
 
     path, net, contract = twin
     size = contract.input_size
@@ -112,11 +114,12 @@ def test_gradcam_explainer_matches_cam_for_negative_logits_too(twin):
     # BinaryClassifierOutputTarget, given the predicted class (0 for a negative logit), takes
     # -logit and explains the label's absence instead, which is why it is not used.
     import torch
-    from ichrt.runtime.explain.gradcam import GradCamExplainer
-    from ichrt.runtime.session import load_model
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.image import scale_cam_image
     from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    from ichrt.runtime.explain.gradcam import GradCamExplainer
+    from ichrt.runtime.session import load_model
 
     path, net, contract = twin
     size = contract.input_size
@@ -150,9 +153,10 @@ def test_gradcam_explainer_matches_cam_for_negative_logits_too(twin):
 
 @pytest.mark.torch
 def test_gradcam_loads_the_twin_beside_the_model_and_equals_cam(twin):
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
     from ichrt.runtime.explain.batch import make_explainer
     from ichrt.runtime.session import load_model
-    from pytorch_grad_cam.utils.image import scale_cam_image
 
     path, _, contract = twin
     size = contract.input_size
@@ -173,6 +177,7 @@ def test_gradcam_refuses_a_twin_of_another_model(twin, tmp_path):
     import shutil
 
     import onnx
+
     from ichrt.runtime.explain.base import ExplainError
     from ichrt.runtime.explain.gradcam import GradCamExplainer
     from ichrt.runtime.session import load_model
@@ -194,6 +199,7 @@ def test_gradcam_refuses_a_twin_of_another_model(twin, tmp_path):
 @pytest.mark.parametrize("twin", ["resnet18"], indirect=True)
 def test_gradcam_refuses_torch_weights_that_disagree_with_onnx(twin):
     import torch
+
     from ichrt.export.models import build_model
     from ichrt.runtime.explain.base import ExplainError
     from ichrt.runtime.explain.gradcam import GradCamExplainer

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from ichrt.runtime.cli import main
 from score_helpers import head_slice, write_ct
+
+from ichrt.runtime.cli import main
 
 BLOBS = (0.0, 0.04, 0.12, 0.2, 0.0, 0.25)
 #: p(any) of the tiny model: about 0.12 without a blob, 0.15 at 0.12, 0.21 at 0.2, 0.25 at 0.25.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from explain_helpers import brute_shapley, compose
+
 from ichrt.runtime.explain.base import ExplainError
 from ichrt.runtime.explain.hshap import (
     HShapExplainer,

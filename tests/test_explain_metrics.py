@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.explain.metrics import (
     boxes_to_mask,
     energy_share,

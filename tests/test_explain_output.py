@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 from explain_helpers import read_png
+from score_helpers import head_slice
+
 from ichrt.runtime.explain.output import write_explanation
 from ichrt.runtime.explain.overlay import CONTOUR_RGB, TRUTH_RGB, jet, outline
-from score_helpers import head_slice
 
 
 def _gaussian(shape, centre, sigma):

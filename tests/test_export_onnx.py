@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from export_helpers import write_imagefolder
+
 from ichrt.export import train as training
 from ichrt.export.datasets import DataSpec
 from ichrt.export.onnx_export import ExportError, load_torch_twin
@@ -91,11 +92,21 @@ def test_parity_with_torch_on_phantom_inputs_and_cam_weights(exported):
     assert np.allclose(pooled @ w.T + b, got["logits"], atol=1e-4)
 
 
-def test_torch_twin_is_tied_to_its_onnx_file(exported, tmp_path):
+def test_torch_twin_is_tied_to_its_onnx_graph(exported, tmp_path):
     path, _ = exported
-    other = tmp_path / "other.onnx"
     proto = onnx.load(str(path))
+    # metadata-only changes (what calibration writes) keep the twin valid
     proto.doc_string = "changed"
+    proto.metadata_props.add(key="extra", value="1")
+    relabelled = tmp_path / "relabelled.onnx"
+    onnx.save(proto, str(relabelled))
+    load_torch_twin(path.with_suffix(".pt"), relabelled)
+    # other weights do not
+    weight = proto.graph.initializer[0]
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    other = tmp_path / "other.onnx"
     onnx.save(proto, str(other))
     with pytest.raises(ExportError, match="SHA-256 differs"):
         load_torch_twin(path.with_suffix(".pt"), other)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from windowing_helpers import as_windowed_source, synthetic_head
+
 from ichrt.runtime.framing import GRID, head_boxes
 from ichrt.runtime.windowing import centred_boxes
-from windowing_helpers import as_windowed_source, synthetic_head
 
 MARGIN = 0.05
 

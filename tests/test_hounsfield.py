@@ -7,6 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from pydicom.multival import MultiValue
+from pydicom.valuerep import DSfloat
+
 from ichrt.runtime.hounsfield import (
     AIR_HU,
     HU_MAX,
@@ -22,8 +25,6 @@ from ichrt.runtime.hounsfield import (
     stored_to_hu,
     unwrap_12bit,
 )
-from pydicom.multival import MultiValue
-from pydicom.valuerep import DSfloat
 
 # --------------------------------------------------------------------- rescale parameters
 

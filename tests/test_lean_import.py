@@ -25,6 +25,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from ichrt.runtime.cli import COMMANDS
 
 #: Packages the lean runtime must not import.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.rsna_layout import (
     Box,

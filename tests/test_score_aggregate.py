@@ -6,6 +6,7 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+
 from ichrt.runtime.aggregate import (
     SliceScore,
     aggregate_studies,

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from score_helpers import StudySpec, head_slice, read_csv, write_ct, write_study
+from tinymodel import make_tiny_model
+
 from ichrt.runtime.aggregate import SliceScore
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.scorer import ModelInfo, Scorer, ScoreResult, score, write_result
 from ichrt.runtime.session import load_model
 from ichrt.runtime.slices import SliceIdentity
-from score_helpers import StudySpec, head_slice, read_csv, write_ct, write_study
-from tinymodel import make_tiny_model
 
 # Blob radius -> tiny-model p(any): 0 -> ~0.12, 0.3 -> ~0.33, 0.45 -> ~0.63, 0.6 -> ~0.72.
 NEG, MID, POS, HOT = 0.0, 0.3, 0.45, 0.6

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from score_helpers import StudySpec, write_study
+from tinymodel import make_tiny_model
+
 from ichrt.runtime.cli import main
 from ichrt.runtime.commands.bench import (
     cli_run,
@@ -16,8 +19,6 @@ from ichrt.runtime.commands.bench import (
     seed_baseline,
 )
 from ichrt.runtime.session import load_model
-from score_helpers import StudySpec, write_study
-from tinymodel import make_tiny_model
 
 
 @pytest.fixture(scope="module")

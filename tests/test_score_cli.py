@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from ichrt.runtime.cli import main
 from score_helpers import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -20,6 +19,8 @@ from score_helpers import (
     write_study,
 )
 from tinymodel import make_tiny_model
+
+from ichrt.runtime.cli import main
 
 NAME_PARTS = [PATIENT_NAME, *PATIENT_NAME.split("^")]
 

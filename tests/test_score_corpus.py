@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from score_helpers import StudySpec, write_study
+
 from ichrt.runtime.scorer import Scorer
 from ichrt.runtime.session import load_model
-from score_helpers import StudySpec, write_study
 
 
 def corpus_dir() -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ichrt.runtime.paths import inside, safe_name
 
 HOSTILE = [

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from tinymodel import make_tiny_model
+
 from ichrt.runtime import session as session_mod
 from ichrt.runtime.contract import METADATA_KEY, ContractError, ModelContract
 from ichrt.runtime.session import (
@@ -19,7 +21,6 @@ from ichrt.runtime.session import (
     resolve_providers,
     session_options,
 )
-from tinymodel import make_tiny_model
 
 
 def test_load_tiny_model_reports_identity_and_runs(tiny_model) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ichrt.export import sources as S
 from ichrt.export.splits import grouped_split, leaked_groups
 from ichrt.runtime.contract import LABELS, SUBTYPES

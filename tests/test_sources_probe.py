@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ichrt.export import probe as P
 from ichrt.export.samples import Sample
 

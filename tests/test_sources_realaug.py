@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ichrt.export import sources as S
 from ichrt.export.realaug import WindowedExport, export_window
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from synth_helpers import TISSUE_RANGES, clean_case
+
 from ichrt.runtime.synth import PRESETS, PhantomConfig, generate_study
 from ichrt.runtime.synth.lesions import HU_RANGES
 from ichrt.runtime.synth.render import T_BLOOD, T_GM, T_WM, TISSUES
-from synth_helpers import TISSUE_RANGES, clean_case
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

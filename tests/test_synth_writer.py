@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
 from ichrt.runtime.dicom import read_slice
 from ichrt.runtime.rsna_layout import (
     read_boxes_csv,

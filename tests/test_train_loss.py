@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from export_helpers import head_samples
+
 from ichrt.export.torchdata import EpochSampler, SliceStore, balance_weights
 from ichrt.export.train import masked_bce
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torchvision import models as tvm
+
 from ichrt.export.models import (
     ARCHS,
     build_model,
@@ -11,13 +14,11 @@ from ichrt.export.models import (
     cam_parameters,
     load_weights,
 )
-from torch import nn
-from torchvision import models as tvm
 
 pytestmark = pytest.mark.torch
 
 
-@pytest.mark.parametrize("arch,channels", [("resnet18", 512), ("resnet50", 2048),
+@pytest.mark.parametrize("arch,channels", [("resnet10", 512), ("resnet18", 512), ("resnet50", 2048),
                                            ("densenet121", 1024), ("efficientnet_b0", 1280),
                                            ("rsnahemorrhagenet", 512)])
 def test_every_arch_exposes_features_and_head(arch, channels):

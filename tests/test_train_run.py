@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from export_helpers import write_imagefolder, write_phantoms
+
 from ichrt.export import train as training
 from ichrt.export.datasets import DataSpec
 from ichrt.export.torchdata import SliceDataset

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ichrt.runtime.contract import DEFAULT_WINDOWS, ModelContract
 from ichrt.runtime.windowing import (
     AIR_HU,

@@ -7,9 +7,10 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from ichrt.runtime.contract import DEFAULT_WINDOWS
 from ichrt.runtime.pictures import encode_png, window_gray8, window_rgb8, write_png
-from PIL import Image
 
 
 def decode_png(data: bytes) -> np.ndarray:

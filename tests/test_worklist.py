@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ichrt.runtime.aggregate import SliceScore, StudyScore
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.slices import Rejected, SliceIdentity

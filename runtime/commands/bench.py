@@ -30,6 +30,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from ichrt.runtime.cli import EXIT_ERROR
 from ichrt.runtime.contract import ContractError
 from ichrt.runtime.session import LoadedModel, ModelError, load_model
@@ -205,6 +206,7 @@ def explain_timings(model: LoadedModel, files: Sequence[Path], n: int = 2) -> di
 def run_bench(model: LoadedModel) -> dict[str, Any]:
     """All the figures, as a JSON-ready dict."""
     import onnxruntime
+
     from ichrt.runtime.session import physical_cores
 
     report: dict[str, Any] = {

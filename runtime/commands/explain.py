@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 from ichrt.runtime.contract import ContractError
 from ichrt.runtime.explain.base import METHODS, ExplainError
@@ -144,8 +145,9 @@ def _explain_files(
     batch_size: int,
 ) -> tuple[list[dict[str, Any]], list[Rejected]]:
     """Read, score and explain ``files`` batch by batch; (summaries, rejected inputs)."""
-    from ichrt.runtime.dicom import iter_read
     from tqdm import tqdm
+
+    from ichrt.runtime.dicom import iter_read
 
     summaries: list[dict[str, Any]] = []
     rejected: list[Rejected] = []

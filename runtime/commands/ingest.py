@@ -8,6 +8,7 @@ import warnings
 
 import click
 import numpy as np
+
 from ichrt.runtime.cli import EXIT_OK, EXIT_REJECTED
 from ichrt.runtime.dicom import IngestResult, group_series, iter_files, read_paths
 from ichrt.runtime.slices import Series

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import click
+
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 from ichrt.runtime.contract import LABELS, ContractError
 from ichrt.runtime.explain import ExplainError

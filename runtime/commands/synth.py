@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import click
+from tqdm import tqdm
+
 from ichrt.runtime.cli import EXIT_OK
 from ichrt.runtime.synth import PRESETS, write_dataset
-from tqdm import tqdm
 
 EPILOG = """\b
 Writes in --out: stage_2_train.csv (ID_<id>_<subtype>,Label), stage_2_train/ID_<id>.dcm,

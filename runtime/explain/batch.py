@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from ichrt.runtime.explain.base import METHODS, Explainer, ExplainError, to_slice
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.explain.base import Explainer, ExplainError, label_index
 

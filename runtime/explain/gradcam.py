@@ -5,7 +5,8 @@ torch is imported only here, only when one of these methods is asked for; withou
 
 Weights: the torch twin that ``ichrt export`` writes beside the ONNX file (``model.onnx`` ->
 ``model.pt``, read by :func:`ichrt.export.onnx_export.load_torch_twin`), which records the SHA-256
-of the ONNX file it was exported with.  The twin is refused unless that hash is the model file's,
+of the ONNX graph it was exported with (metadata left out, so a calibrated copy keeps its twin).
+The twin is refused unless that hash is the model graph's,
 and the torch logits must match the ONNX Runtime logits on the very slices explained.  Chosen
 over converting the ONNX graph back to torch because the checkpoint *is* the module export traced:
 same layers, same parameters, exact gradients, and the target layer is known by name
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.runtime.explain.base import Explainer, ExplainError, ExtraMissing, label_index
 
 #: Relative/absolute tolerance between torch and ONNX Runtime logits for the same weights.

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from math import cos, factorial, sin
 
 import numpy as np
+
 from ichrt.runtime.explain.base import Explainer, ExplainError, label_index
 
 #: A game's value for a batch of composed images (B, C, H, W) -> (B,).

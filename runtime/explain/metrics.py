@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
 from ichrt.runtime.explain.base import otsu_threshold, peak_location
 
 

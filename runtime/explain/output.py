@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ichrt.runtime.explain.base import normalize, otsu_threshold, peak_location, to_slice
 from ichrt.runtime.explain.metrics import boxes_to_mask, localization
 from ichrt.runtime.explain.overlay import write_overlay

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+
 from ichrt.runtime.explain.metrics import boxes_to_mask, threshold_region
 
 #: Brain window (level, width) in HU of the background picture.

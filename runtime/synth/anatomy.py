@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from ichrt.runtime.synth.config import PhantomConfig
 from ichrt.runtime.synth.render import HEAD_DTYPE, N_TEXTURES, T_CALC, T_DEEP, TEX
 

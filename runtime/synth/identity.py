@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import numpy as np
+
 from ichrt.runtime.synth.config import PhantomConfig
 
 #: HU written outside the reconstruction circle by padding studies (stored value = HU + 1024).

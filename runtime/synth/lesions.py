@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.synth.anatomy import Head
 from ichrt.runtime.synth.config import PhantomConfig

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numba as nb
 import numpy as np
+
 from ichrt.runtime.synth.config import PhantomConfig
 
 #: Reference pixel size (mm) of the config's pixel-denominated ranges (512 matrix, 230 mm FOV).

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from ichrt.runtime.synth.anatomy import Head, draw_head
 from ichrt.runtime.synth.config import PhantomConfig, resolve_config
 from ichrt.runtime.synth.identity import StudyIdentity, draw_identity

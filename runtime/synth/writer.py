@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+
 from ichrt.runtime.contract import LABELS
 from ichrt.runtime.rsna_layout import (
     BOXES_FILE,
@@ -43,8 +46,6 @@ from ichrt.runtime.rsna_layout import (
 from ichrt.runtime.synth.boxes import component_boxes
 from ichrt.runtime.synth.config import PhantomConfig, resolve_config
 from ichrt.runtime.synth.study import PhantomStudy, generate_study
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
 SUBTYPES = LABELS[1:]
 JPG_DIRS = ("no_hemorrhage", "hemorrhage")

@@ -1,0 +1,147 @@
+"""Measure an exported model on the held-out groups of every real source and on realct.
+
+The held-out groups are exactly the validation side of training's split
+(:func:`ichrt.export.splits.grouped_split` with the run's seed and validation fraction), so no
+patient, scan or source image that trained the model is scored here.  Slices go through the
+runtime's own framing, windowing and ONNX Runtime session, as in ``ichrt score``.
+
+``python -m ichrt.export.source_eval MODEL --realtrain ../shared/realtrain --realct ../shared/realct``
+prints a markdown table and writes JSON with ``--json FILE``.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ichrt.calibration.metrics import roc_auc, sensitivity_specificity
+from ichrt.export.sources import SOURCES, load_source
+from ichrt.export.splits import grouped_split
+from ichrt.runtime.aggregate import calibrate
+from ichrt.runtime.explain.base import to_slice
+from ichrt.runtime.explain.cam import cam_maps
+from ichrt.runtime.explain.metrics import boxes_to_mask, energy_share, pointing_hit
+from ichrt.runtime.framing import head_boxes
+from ichrt.runtime.session import LoadedModel, load_model
+from ichrt.runtime.windowing import window_batch
+
+
+def score_hu(model: LoadedModel, hu: list[np.ndarray], batch: int = 16
+             ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Calibrated probabilities (N, labels) and ``any`` CAM maps on each slice's own pixels."""
+    contract = model.contract
+    probs, cams = [], []
+    for start in range(0, len(hu), batch):
+        for item in hu[start:start + batch]:
+            stack = item[None].astype(np.float32)
+            box = head_boxes(stack) if contract.framing == "head" else None
+            out = model.run(window_batch(stack, contract, boxes=box), ("logits", "features"))
+            probs.append(calibrate(out["logits"], contract)[0])
+            frame = box[0] if box is not None else (0, 0, *item.shape)
+            cam = cam_maps(out["features"], contract, label="any")[0]
+            cams.append(to_slice(cam, frame, item.shape))
+    return np.asarray(probs), cams
+
+
+def _localization(cams: list[np.ndarray], masks: list[np.ndarray | None]) -> dict[str, Any]:
+    pairs = [(c, m) for c, m in zip(cams, masks) if m is not None and m.any()]
+    if not pairs:
+        return {"n": 0}
+    return {"n": len(pairs),
+            "pointing_game": float(np.mean([pointing_hit(c, m) for c, m in pairs])),
+            "energy_share": float(np.mean([energy_share(c, m) for c, m in pairs]))}
+
+
+def _region(sample) -> np.ndarray | None:
+    if sample.mask is not None:
+        return sample.mask
+    if sample.boxes:
+        return boxes_to_mask(sample.boxes, sample.hu.shape)
+    return None
+
+
+def evaluate_source(model: LoadedModel, name: str, root: Path, seed: int = 0,
+                    val_fraction: float = 0.2, options: dict | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` on the validation groups of one real source."""
+    samples = load_source(name, root, **(options or {}))
+    labels = np.stack([s.labels for s in samples])
+    _, val = grouped_split([s.group for s in samples], [s.source for s in samples],
+                           labels[:, 0], val_fraction, seed)
+    held = [samples[i] for i in val]
+    probs, cams = score_hu(model, [s.hu for s in held])
+    y = labels[val]
+    names = model.contract.labels
+    thr = model.contract.threshold("any")
+    sens, spec = sensitivity_specificity(y[:, 0], probs[:, 0], thr)
+    return {
+        "source": name, "slices": len(held), "groups": len({s.group for s in held}),
+        "positive": int(np.nansum(y[:, 0])),
+        "auc": {lab: roc_auc(y[:, i], probs[:, i]) for i, lab in enumerate(names)},
+        "sensitivity": sens, "specificity": spec, "threshold": thr,
+        "localization": _localization(cams, [_region(s) for s in held]),
+    }
+
+
+def evaluate_realct(model: LoadedModel, folder: Path) -> list[dict[str, Any]]:
+    """p(any) and CAM localization on each evaluation-only real slice (never used to tune)."""
+    boxes: dict[str, list] = {}
+    with open(folder / "gt.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            d = ast.literal_eval(row["data"])
+            boxes.setdefault(row["SOPInstanceUID"], []).append(
+                (d["y"], d["x"], d["y"] + d["height"], d["x"] + d["width"]))
+    uids = sorted(boxes)
+    hu = [np.load(folder / f"{uid}.npy").astype(np.float32) for uid in uids]
+    probs, cams = score_hu(model, hu)
+    rows = []
+    for uid, p, cam, img in zip(uids, probs, cams, hu):
+        mask = boxes_to_mask(boxes[uid], img.shape)
+        rows.append({"slice": uid[-12:], "p_any": float(p[0]),
+                     "flagged": bool(p[0] >= model.contract.threshold("any")),
+                     "pointing_hit": bool(pointing_hit(cam, mask)),
+                     "energy_share": float(energy_share(cam, mask))})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model")
+    ap.add_argument("--realtrain", type=Path, required=True)
+    ap.add_argument("--realct", type=Path)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    model = load_model(args.model, provider="cpu")
+    options = {"roboflow": {"dedupe": True}}
+    results = [evaluate_source(model, name, args.realtrain / name, args.seed, args.val_fraction,
+                               options.get(name)) for name in SOURCES]
+    doc: dict[str, Any] = {"model": model.display_name, "sources": results}
+    print("| source | held-out slices (groups) | positive | AUC(any) | sens | spec | "
+          "pointing game | energy in mask |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        loc = r["localization"]
+        print(f"| {r['source']} | {r['slices']} ({r['groups']}) | {r['positive']} | "
+              f"{r['auc']['any']:.3f} | {r['sensitivity']:.3f} | {r['specificity']:.3f} | "
+              f"{loc.get('pointing_game', float('nan')):.2f} (n={loc['n']}) | "
+              f"{loc.get('energy_share', float('nan')):.2f} |")
+    if args.realct:
+        doc["realct"] = evaluate_realct(model, args.realct)
+        for row in doc["realct"]:
+            print(row)
+    if args.json:
+        args.json.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
