@@ -89,6 +89,7 @@ def write_model(
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -68,11 +68,15 @@ def _region(sample) -> np.ndarray | None:
 
 def evaluate_source(model: LoadedModel, name: str, root: Path, seed: int = 0,
                     val_fraction: float = 0.2, options: dict | None = None) -> dict[str, Any]:
-    """Metrics of ``model`` on the validation groups of one real source."""
+    """Metrics of ``model`` on the validation groups of one real source (all of it when
+    ``val_fraction`` is 1)."""
     samples = load_source(name, root, **(options or {}))
     labels = np.stack([s.labels for s in samples])
-    _, val = grouped_split([s.group for s in samples], [s.source for s in samples],
-                           labels[:, 0], val_fraction, seed)
+    if val_fraction >= 1.0:  # the whole source (leave-one-source-out: it never trained)
+        val = np.arange(len(samples))
+    else:
+        _, val = grouped_split([s.group for s in samples], [s.source for s in samples],
+                               labels[:, 0], val_fraction, seed)
     held = [samples[i] for i in val]
     probs, cams = score_hu(model, [s.hu for s in held])
     y = labels[val]
@@ -117,13 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtrain", type=Path, required=True)
     ap.add_argument("--realct", type=Path)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--val-fraction", type=float, default=0.2,
+                    help="the split training used; 1 = score every slice of each source")
+    ap.add_argument("--sources", nargs="*", default=list(SOURCES))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     model = load_model(args.model, provider="cpu")
     options = {"roboflow": {"dedupe": True}}
     results = [evaluate_source(model, name, args.realtrain / name, args.seed, args.val_fraction,
-                               options.get(name)) for name in SOURCES]
+                               options.get(name)) for name in args.sources]
     doc: dict[str, Any] = {"model": model.display_name, "sources": results}
     print("| source | held-out slices (groups) | positive | AUC(any) | sens | spec | "
           "pointing game | energy in mask |")

@@ -173,7 +173,7 @@ def test_gradcam_loads_the_twin_beside_the_model_and_equals_cam(twin):
 
 @pytest.mark.torch
 @pytest.mark.parametrize("twin", ["resnet18"], indirect=True)
-def test_gradcam_refuses_a_twin_of_another_model(twin, tmp_path):
+def test_gradcam_refuses_a_twin_of_other_weights(twin, tmp_path):
     import shutil
 
     import onnx
@@ -183,16 +183,26 @@ def test_gradcam_refuses_a_twin_of_another_model(twin, tmp_path):
     from ichrt.runtime.session import load_model
 
     path = twin[0]
-    other = tmp_path / "other.onnx"
     proto = onnx.load(str(path))
+    # a metadata-only copy (what calibration writes) keeps its twin
     proto.doc_string = "same weights, another file"
-    onnx.save(proto, str(other))
-    model = load_model(other, provider="cpu", threads=1)
+    relabelled = tmp_path / "relabelled.onnx"
+    onnx.save(proto, str(relabelled))
+    model = load_model(relabelled, provider="cpu", threads=1)
     with pytest.raises(ExplainError, match="no torch checkpoint"):
         GradCamExplainer(model)
+    shutil.copy(path.with_suffix(".pt"), relabelled.with_suffix(".pt"))
+    GradCamExplainer(model)
+    # other weights are refused
+    weight = proto.graph.initializer[0]
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    other = tmp_path / "other.onnx"
+    onnx.save(proto, str(other))
     shutil.copy(path.with_suffix(".pt"), other.with_suffix(".pt"))
     with pytest.raises(ExplainError, match="SHA-256"):
-        GradCamExplainer(model)
+        GradCamExplainer(load_model(other, provider="cpu", threads=1))
 
 
 @pytest.mark.torch
