@@ -82,14 +82,6 @@ def model_errors(ctx: click.Context, command: str) -> Iterator[None]:
         ctx.exit(EXIT_ERROR)
 
 
-def quiet_reading(ctx: click.Context) -> None:
-    """Read DICOM as ``ichrt score`` does: no pydicom value warnings, no spinning OpenMP."""
-    from ichrt.runtime.pipeline import passive_openmp, quiet_pydicom
-
-    ctx.with_resource(quiet_pydicom())
-    passive_openmp()
-
-
 def require_onnx() -> None:
     """Writing models needs the ``onnx`` package (the 'calibration' extra): a usage error if absent."""
     try:
@@ -179,7 +171,6 @@ def quantize(
     if not calib_files:
         raise click.UsageError(f"{data_dir}: no files to calibrate with")
     specs = all_specs() if compare else [QuantSpec(method, fmt)]
-    quiet_reading(ctx)
     with model_errors(ctx, "calibrate quantize"):
         contract = load_model(model, provider="cpu").contract
         rejected: list = []
@@ -280,7 +271,6 @@ def threshold(
     require_onnx()
     report = report or beside(out, ".calibration.json")
     picture = picture or beside(out, ".reliability.png")
-    quiet_reading(ctx)
     with usage_errors(), model_errors(ctx, "calibrate threshold"), \
             progress_bar("validation slices") as progress:
         result = calibrate_model(model, data_dir, out, target_sensitivity, subtype_sensitivity,
@@ -350,7 +340,6 @@ def evaluate(
     from ichrt.calibration.report import jsonable, write_json
     from ichrt.runtime.session import ProviderUnavailable
 
-    quiet_reading(ctx)
     with usage_errors(), model_errors(ctx, "evaluate"):
         try:
             with progress_bar("evaluating") as progress:

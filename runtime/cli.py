@@ -82,7 +82,8 @@ class _Root(LazyGroup):
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ichrt")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """ichrt: triage head CT for intracranial hemorrhage at the edge.
 
     Files -> slices (HU) -> tensors -> probabilities -> studies -> worklist.
@@ -94,3 +95,7 @@ def main() -> None:
       2  usage error (bad option, missing file or extra)
       3  some inputs were rejected; results for the rest were still written
     """
+    from ichrt.runtime.environment import passive_openmp, quiet_pydicom
+
+    passive_openmp()
+    ctx.with_resource(quiet_pydicom())

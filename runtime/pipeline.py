@@ -18,11 +18,9 @@ Results come back in input order, whatever the batch composition.
 
 from __future__ import annotations
 
-import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,35 +47,6 @@ class PipelineOutput:
 
     slices: list[SliceScore] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
-
-
-def passive_openmp() -> None:
-    """Ask OpenMP (Numba's threading layer here) to sleep, not spin, between parallel calls.
-
-    ONNX Runtime and the readers share the CPU with the windowing kernel; spinning OpenMP
-    threads would steal their cores.  Takes effect only before Numba's first parallel call, so
-    the CLI calls it first thing; an explicit ``OMP_WAIT_POLICY`` in the environment wins.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-@contextmanager
-def quiet_pydicom() -> Iterator[None]:
-    """Within the block, pydicom does not validate values while reading (restored after).
-
-    Its warnings quote the offending element's value on stderr: thousands of lines on real
-    archives (RSNA ids in place of UIDs), and a value can hold patient data.  Ingest accepts
-    such values either way, so nothing else changes.
-    """
-    import pydicom.config
-
-    settings = pydicom.config.settings
-    before = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.IGNORE
-    try:
-        yield
-    finally:
-        settings.reading_validation_mode = before
 
 
 def window_slices(slices: Sequence[Slice], contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:

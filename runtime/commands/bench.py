@@ -276,10 +276,6 @@ def bench(ctx: click.Context, model: Path | None, as_json: bool) -> None:
     \b
     Exit codes: 0 measured, 1 runtime error (e.g. the model cannot be loaded), 2 usage error.
     """
-    from ichrt.runtime.pipeline import passive_openmp, quiet_pydicom
-
-    ctx.with_resource(quiet_pydicom())
-    passive_openmp()
     try:
         loaded = load_model(model)
     except (ModelError, ContractError) as exc:

@@ -12,7 +12,6 @@ import click
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 from ichrt.runtime.contract import LABELS, ContractError
 from ichrt.runtime.explain import ExplainError
-from ichrt.runtime.pipeline import passive_openmp, quiet_pydicom
 from ichrt.runtime.scorer import EXPLAIN_METHODS, Scorer, ScoreResult, write_result
 from ichrt.runtime.session import PROVIDERS, ModelError, ProviderUnavailable
 from ichrt.runtime.worklist import summary_table
@@ -78,8 +77,6 @@ def score(
     """
     if demo == bool(paths):
         raise click.UsageError("give PATH... to score, or --demo (not both)")
-    ctx.with_resource(quiet_pydicom())
-    passive_openmp()
     if out_dir is None and not demo:
         raise click.UsageError("--out DIR is required")
     try:
