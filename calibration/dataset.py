@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,12 @@ class LabelledSet:
             if row is not None:
                 out[i] = row
         return out
+
+    def summary(self, scored: Sequence[SliceIdentity], studies: Sequence[str],
+                rejected: int) -> dict[str, Any]:
+        """What a report says about the data a run read."""
+        return {"root": str(self.root), "slices": len(scored), "studies": len(set(studies)),
+                "rejected": rejected, "unlabelled": self.unlabelled}
 
 
 def _find(root: Path, names: tuple[str, ...], what: str) -> Path:

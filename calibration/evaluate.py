@@ -112,13 +112,7 @@ def evaluate_model(
     studies = preds.studies
     return EvaluationReport(
         model={"name": model.contract.name, "sha256": model.sha256, "path": str(model.path)},
-        data={
-            "root": str(data.root),
-            "slices": len(preds.identities),
-            "studies": len(set(studies)),
-            "rejected": len(preds.rejected),
-            "unlabelled": data.unlabelled,
-        },
+        data=data.summary(preds.identities, studies, len(preds.rejected)),
         labels=evaluate_arrays(labels, preds.probs("model", model.contract), studies,
                                model.contract, n_boot=n_boot),
         rejected=preds.rejected,

@@ -104,13 +104,7 @@ def calibrate_model(
         if name in points:
             figures["operating_point"] = points[name].to_dict()
         per_label[name] = figures
-    data_summary = {
-        "root": str(data.root),
-        "slices": len(preds.identities),
-        "studies": len(set(studies)),
-        "rejected": len(preds.rejected),
-        "unlabelled": data.unlabelled,
-    }
+    data_summary = data.summary(preds.identities, studies, len(preds.rejected))
     settings = {"target_sensitivity": target_sensitivity, "subtype_sensitivity": sub,
                 "level": level, "bootstrap": n_boot, "seed": seed, "ece_bins": ECE_BINS}
     parent_sha = file_sha256(model_path)

@@ -18,7 +18,7 @@ How a model is quantized:
 * The accuracy gate: a candidate is accepted only if AUC(any) on held-out labelled slices drops by
   at most :data:`MAX_AUC_DROP` against the FP32 model. Among accepted candidates, the
   saturation-safe ones come first, then the fastest (measured in this process on held-out
-  batches), so the shipped INT8 model is safe on AVX2-only edge boxes even when it was built on a
+  batches; within 10 % counts as equally fast, and then the smallest probability change wins), so the shipped INT8 model is safe on AVX2-only edge boxes even when it was built on a
   CPU with VNNI.
 """
 
@@ -268,12 +268,20 @@ class CandidateResult:
         return d
 
 
+#: Candidates within this factor of the fastest count as equally fast (timing noise).
+SPEED_TOLERANCE = 1.10
+
+
 def choose(results: Sequence[CandidateResult]) -> CandidateResult | None:
-    """The accepted candidate to ship: saturation-safe first, then fastest (None if none)."""
+    """The accepted candidate to ship (None if none): saturation-safe first; among those as fast
+    as the fastest (within :data:`SPEED_TOLERANCE`), the one that moves probabilities least."""
     accepted = [r for r in results if r.accepted]
     if not accepted:
         return None
-    return min(accepted, key=lambda r: (not r.saturation_safe, r.ms_per_slice, r.auc_drop))
+    pool = [r for r in accepted if r.saturation_safe] or accepted
+    fastest = min(r.ms_per_slice for r in pool)
+    near = [r for r in pool if r.ms_per_slice <= fastest * SPEED_TOLERANCE]
+    return min(near, key=lambda r: (r.max_prob_diff, r.ms_per_slice, r.auc_drop))
 
 
 @dataclass

@@ -99,11 +99,17 @@ def test_gate_rejects_a_model_calibrated_on_unrepresentative_data(tiny_model,
 def test_choose_prefers_saturation_safe_then_fast():
     from ichrt.calibration.quantize import CandidateResult
 
-    def cand(fmt, ms, ok=True):
-        return CandidateResult(QuantSpec("minmax", fmt), 0.9, 0.0, 0.01, ms, 1.0, 1.0, 1.0,
+    def cand(fmt, ms, ok=True, dp=0.01, method="minmax"):
+        return CandidateResult(QuantSpec(method, fmt), 0.9, 0.0, dp, ms, 1.0, 1.0, 1.0,
                                0.0, 0.0, ok)
 
     assert choose([cand("u8s8", 1.0), cand("u8s8-rr", 2.0), cand("u8u8", 1.5)]).spec.fmt == \
         "u8u8"
     assert choose([cand("u8s8", 1.0), cand("u8s8-rr", 2.0, ok=False)]).spec.fmt == "u8s8"
     assert choose([cand("u8s8", 1.0, ok=False)]) is None
+    # as fast within timing noise: the smaller probability change wins (as for the shipped model)
+    picked = choose([cand("u8s8-rr", 1.086, dp=0.25, method="entropy"),
+                     cand("u8s8-rr", 1.107, dp=0.065)])
+    assert picked.spec.method == "minmax"
+    assert choose([cand("u8s8-rr", 1.0, dp=0.25), cand("u8u8", 3.0, dp=0.01)]).spec.fmt == \
+        "u8s8-rr"
