@@ -122,7 +122,6 @@ def test_existing_dataset_is_not_overwritten(dataset: tuple[Path, dict]) -> None
 
 
 def test_jpg_image_folder(tmp_path: Path) -> None:
-    pytest.importorskip("PIL", reason="the jpg export needs Pillow (export extra)")
     summary = write_dataset(tmp_path, studies=2, seed=1, slices=2, size=32, prevalence=0.5,
                             jpg=True)
     pos = list((tmp_path / "hemorrhage").glob("ID_*.jpg"))
