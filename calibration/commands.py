@@ -243,6 +243,15 @@ def quantize_table(result) -> str:
 @click.option("--bootstrap", type=click.IntRange(10), default=1000, show_default=True,
               help="Bootstrap resamples for the 95% intervals (slice level resamples studies).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--real", "real_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Also calibrate on the held-out groups of the real sources in this folder "
+                   "(shared/realtrain; needs the 'export' extra): temperatures on every slice, "
+                   "the study model and the study-level 'any' threshold on whole studies, which "
+                   "must reach the target on the real studies and on the phantom studies.")
+@click.option("--real-sources", default="ctich,roboflow,bhsd,rsna200", show_default=True,
+              help="Comma-separated real sources to use with --real.")
+@click.option("--study-model/--no-study-model", default=True, show_default=True,
+              help="With --real: fit the neighbour-aware study model (else max over slices).")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON report path [default: OUT with .calibration.json].")
 @click.option("--picture", type=click.Path(dir_okay=False, path_type=Path),
@@ -254,6 +263,7 @@ def quantize_table(result) -> str:
 def threshold(
     ctx: click.Context, model: Path, data_dir: Path, out: Path, target_sensitivity: float,
     subtype_sensitivity: float | None, level: str, bootstrap: int, seed: int,
+    real_dir: Path | None, real_sources: str, study_model: bool,
     report: Path | None, picture: Path | None, batch_size: int, threads: int | None,
     as_json: bool,
 ) -> None:
@@ -271,10 +281,17 @@ def threshold(
     require_onnx()
     report = report or beside(out, ".calibration.json")
     picture = picture or beside(out, ".reliability.png")
-    with usage_errors(), model_errors(ctx, "calibrate threshold"), \
-            progress_bar("validation slices") as progress:
-        result = calibrate_model(model, data_dir, out, target_sensitivity, subtype_sensitivity,
-                                 level, bootstrap, seed, batch_size, threads, progress)
+    if real_dir is not None:
+        with usage_errors(), model_errors(ctx, "calibrate threshold"):
+            result = _calibrate_real(model, data_dir, real_dir, real_sources, out,
+                                     target_sensitivity, subtype_sensitivity, study_model,
+                                     bootstrap, seed, batch_size)
+    else:
+        with usage_errors(), model_errors(ctx, "calibrate threshold"), \
+                progress_bar("validation slices") as progress:
+            result = calibrate_model(model, data_dir, out, target_sensitivity,
+                                     subtype_sensitivity, level, bootstrap, seed, batch_size,
+                                     threads, progress)
     write_json(report, {**result.report, "picture": str(picture)})
     write_reliability_png(picture, result.label_names, result.labels, result.before,
                           result.after)
@@ -284,6 +301,26 @@ def threshold(
         click.echo(threshold_table(result.report))
         click.echo(f"calibrated model written to {out}; report: {report}; picture: {picture}")
     ctx.exit(EXIT_REJECTED if result.rejected else EXIT_OK)
+
+
+def _calibrate_real(model: Path, data_dir: Path, real_dir: Path, sources: str, out: Path,
+                    target: float, subtype: float | None, study_model: bool, bootstrap: int,
+                    seed: int, batch_size: int):
+    """Phantom studies of ``data_dir`` + held-out real groups -> calibrated model (see --real)."""
+    from ichrt.calibration.fit import calibrate_on_studies
+    from ichrt.runtime.session import load_model
+
+    try:
+        from ichrt.export.realval import phantom_part, real_parts
+    except ImportError as exc:
+        raise click.UsageError(f"--real needs the 'export' extra (pip install "
+                               f"'ichrt[export]'): {exc}") from exc
+    loaded = load_model(model, provider="cpu")
+    note("scoring the phantom validation studies")
+    parts = [phantom_part(loaded, data_dir, batch_size)]
+    note(f"scoring the held-out groups of {sources}")
+    parts += real_parts(loaded, real_dir, [s for s in sources.split(",") if s], seed=0)
+    return calibrate_on_studies(model, parts, out, target, subtype, study_model, bootstrap, seed)
 
 
 def threshold_table(report: dict) -> str:

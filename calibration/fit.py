@@ -128,3 +128,123 @@ def calibrate_model(
         "rejected": [{"path": r.path, "reason": r.reason} for r in preds.rejected],
     }
     return CalibrationResult(report, labels, before, after, names, preds.rejected)
+
+
+def calibrate_on_studies(
+    model_path: str | Path,
+    parts: list,
+    out: str | Path,
+    target_sensitivity: float = 0.95,
+    subtype_sensitivity: float | None = None,
+    fit_study_model: bool = True,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> CalibrationResult:
+    """Temperatures, study model and the study-level ``any`` threshold from validation parts.
+
+    ``parts`` (:class:`~ichrt.calibration.studyfit.ValidationPart`) hold raw logits of held-out
+    real sources and phantoms. Temperatures are fitted on every slice of every part; the study
+    model (:mod:`ichrt.runtime.studymodel`) on the whole studies (parts with ``whole_studies``);
+    the ``any`` threshold is the highest one that reaches ``target_sensitivity`` on the whole
+    studies of **each** such part separately (so neither phantoms nor real studies fall short).
+    Subtype thresholds: slice level on all slices. Every part is reported with bootstrap
+    intervals, study level where it has whole studies, else slice level.
+    """
+    from ichrt.calibration import studyfit
+    from ichrt.calibration.metrics import roc_auc
+    from ichrt.calibration.model_io import derive_contract, file_sha256, load_onnx, write_model
+    from ichrt.calibration.thresholds import level_stats, threshold_for_sensitivity
+    from ichrt.runtime.session import load_model
+
+    model = load_model(model_path, provider="cpu")
+    parent = model.contract
+    names = parent.labels
+    logits = np.concatenate([p.logits for p in parts]).astype(np.float64)
+    labels = np.concatenate([p.labels for p in parts]).astype(np.float64)
+    fitted = fit_temperatures(logits, labels, names)
+    temperatures = {name: fitted.get(name, parent.temperature(name)) for name in names}
+    before = calibrated_probs(logits, {n: parent.temperature(n) for n in names}, names)
+    after = calibrated_probs(logits, temperatures, names)
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    probs_of = {p.source: after[offsets[k]:offsets[k + 1]] for k, p in enumerate(parts)}
+
+    whole = [p for p in parts if p.whole_studies]
+    series = {p.source: studyfit.study_series(p, probs_of[p.source][:, 0]) for p in whole}
+    study_model = None
+    if fit_study_model and whole:
+        study_model = studyfit.fit([s for p in whole for s in series[p.source][1]],
+                                   np.concatenate([series[p.source][2] for p in whole]))
+    params = study_model or {"r": 0.0, "a": 1.0, "b": 0.0}
+    p_study = {src: studyfit.study_probability(s[1], params) for src, s in series.items()}
+    chosen = {}
+    for src, (_, _, y_st) in series.items():
+        keep = ~np.isnan(y_st)
+        if (y_st[keep] > 0.5).any() and (y_st[keep] <= 0.5).any():
+            chosen[src] = threshold_for_sensitivity(y_st[keep], p_study[src][keep],
+                                                    target_sensitivity)
+    if not chosen:
+        raise ValueError("no validation part has positive and negative whole studies: "
+                         "cannot choose the study-level threshold")
+    threshold = float(min(chosen.values()))
+
+    sub = target_sensitivity if subtype_sensitivity is None else subtype_sensitivity
+    groups = np.concatenate([[f"{p.source}:{g}" for g in p.groups] for p in parts])
+    points = choose_thresholds(labels, after, groups, names, {n: sub for n in names[1:]},
+                               level="slice", n_boot=n_boot, seed=seed)
+    per_part = []
+    for p in parts:
+        pr = probs_of[p.source]
+        entry: dict[str, Any] = {"source": p.source, "real": p.real, "slices": len(p),
+                                 "groups": len(set(p.groups)),
+                                 "positive_slices": int(np.nansum(p.labels[:, 0] > 0.5)),
+                                 "auc_slice": roc_auc(p.labels[:, 0], pr[:, 0]), **p.notes}
+        entry["slice"] = level_stats(p.labels[:, 0], pr[:, 0], threshold, groups=p.groups,
+                                     n_boot=n_boot, seed=seed).to_dict()
+        if p.source in series:
+            _, s, y_st = series[p.source]
+            entry["studies"] = int((~np.isnan(y_st)).sum())
+            entry["positive_studies"] = int(np.nansum(y_st > 0.5))
+            entry["auc_study_max"] = roc_auc(y_st, studyfit.study_maxima(s, 0.0))
+            entry["auc_study_model"] = roc_auc(y_st, p_study[p.source])
+            entry["study"] = level_stats(y_st, p_study[p.source], threshold, n_boot=n_boot,
+                                         seed=seed).to_dict()
+            entry["threshold_for_target"] = chosen.get(p.source)
+        per_part.append(entry)
+
+    per_label = {}
+    for j, name in enumerate(names):
+        figures = label_figures(labels[:, j], before[:, j], after[:, j], logits[:, j],
+                                temperatures[name], parent.temperature(name))
+        figures["fitted"] = name in fitted
+        if name in points:
+            figures["operating_point"] = points[name].to_dict()
+        per_label[name] = figures
+    settings = {"target_sensitivity": target_sensitivity, "subtype_sensitivity": sub,
+                "level": "study", "study_model": study_model is not None,
+                "bootstrap": n_boot, "seed": seed, "ece_bins": ECE_BINS}
+    calibrated_on = [{"source": p.source, "real": p.real, "slices": len(p),
+                      "groups": len(set(p.groups)), "whole_studies": p.whole_studies}
+                     for p in parts]
+    parent_sha = file_sha256(model_path)
+    contract = derive_contract(
+        parent, parent_sha, "ichrt calibrate threshold --real",
+        details={**settings, "calibrated_on": calibrated_on},
+        temperatures=temperatures,
+        thresholds={**parent.thresholds, **{n: pt.threshold for n, pt in points.items()},
+                    "any": threshold},
+        study_model=study_model,
+        metrics={**parent.metrics, "calibration": jsonable(
+            {"calibrated_on": calibrated_on, "parts": per_part, "labels": per_label,
+             "threshold_any": threshold, "thresholds_per_part": chosen,
+             "study_model": study_model, **settings})},
+    )
+    out_sha = write_model(load_onnx(model_path), contract, out, parent_path=model_path)
+    report = {
+        "parent": {"path": str(model_path), "sha256": parent_sha, "name": parent.name},
+        "out": {"path": str(out), "sha256": out_sha, "name": contract.name},
+        "settings": settings, "data": calibrated_on, "temperatures": temperatures,
+        "thresholds": dict(contract.thresholds), "threshold_any": threshold,
+        "thresholds_per_part": chosen, "study_model": study_model, "parts": per_part,
+        "labels": per_label, "rejected": [],
+    }
+    return CalibrationResult(report, labels, before, after, names, [])

@@ -76,8 +76,9 @@ def _command_line() -> str:
               help="JSON list of stages instead of --data/--epochs, e.g. pretrain on phantoms "
                    "then train on real + phantom data (see ichrt.export.train.load_recipe).")
 @click.option("--arch", default="resnet18", show_default=True,
-              help="resnet18, resnet50, densenet121, efficientnet_b0 or rsnahemorrhagenet "
-                   "(the seed tutorial's ResNet-18 -> 128 -> 1).")
+              help="resnet10, resnet18, resnet50, densenet121, efficientnet_b0, "
+                   "rsnahemorrhagenet (the seed tutorial's ResNet-18 -> 128 -> 1), or the "
+                   "lesion-level resnet10seg / resnet18seg (FPN lesion map at stride 4).")
 @click.option("--head", type=click.Choice(["multi", "any"]), default="multi", show_default=True,
               help="multi: any + 5 subtypes; any: binary any-only head (seed parity).")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -111,6 +112,15 @@ def _command_line() -> str:
               help="Weight of positive labels in the loss.")
 @click.option("--loc-weight", default=0.0, show_default=True, type=click.FloatRange(0),
               help="Weight of the CAM localization loss on slices with masks or boxes.")
+@click.option("--seg-weight", default=1.0, show_default=True, type=click.FloatRange(0),
+              help="Weight of the lesion-map loss (dense archs resnet10seg/resnet18seg).")
+@click.option("--insert-p", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability of pasting a real bleed (masked donors) into a negative slice.")
+@click.option("--hard-p", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Probability of adding a hard negative (scalp blood, skull defect, "
+                   "calcification, streaks, objects around the head).")
+@click.option("--appearance", is_flag=True,
+              help="Appearance augmentation: gamma, blur/sharpen, JPEG, low resolution, text.")
 @click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 1,
               max_open=True), help="Share of groups (studies/patients) held out per source.")
 @click.option("--threshold", default=0.5, show_default=True, type=click.FloatRange(0, 1),
@@ -139,7 +149,8 @@ def train(data: tuple[str, ...], val_data: tuple[str, ...], fmt: str, recipe: Pa
           arch: str, head: str, run_dir: Path, epochs: int, lr: float, weight_decay: float,
           schedule: str, batch_size: int, image_size: int, windows: str, mean: str, std: str,
           framing: str, augment: bool, augment_preset: str, balance: str, pos_weight: float,
-          loc_weight: float, val_fraction: float, threshold: float, seed: int, workers: int,
+          loc_weight: float, seg_weight: float, insert_p: float, hard_p: float,
+          appearance: bool, val_fraction: float, threshold: float, seed: int, workers: int,
           device: str, no_amp: bool, resume: bool, init_weights: Path | None,
           max_steps: int | None, checkpoint_every: int, name: str, as_json: bool,
           quiet: bool) -> None:
@@ -179,6 +190,7 @@ def train(data: tuple[str, ...], val_data: tuple[str, ...], fmt: str, recipe: Pa
                 lr=lr, weight_decay=weight_decay, batch_size=batch_size, schedule=schedule,
                 augment=augment_preset if augment else "none", balance=balance,
                 pos_weight=pos_weight, loc_weight=loc_weight, val_fraction=val_fraction,
+                seg_weight=seg_weight, insert_p=insert_p, hard_p=hard_p, appearance=appearance,
                 seed=seed, workers=workers, device=device, amp=not no_amp, max_steps=max_steps,
                 checkpoint_every=checkpoint_every, threshold=threshold,
                 init_weights=str(init_weights) if init_weights else None, name=name)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 ARCHS: tuple[str, ...] = ("resnet10", "resnet18", "resnet50", "densenet121", "efficientnet_b0",
-                          "rsnahemorrhagenet")
+                          "rsnahemorrhagenet", "resnet10seg", "resnet18seg")
 
 
 class GapLinear(nn.Module):
@@ -96,6 +96,8 @@ def build_model(arch: str, outputs: int) -> IchNet:
     """A freshly initialized model with ``outputs`` logits (6 = multi-label, 1 = any only)."""
     from torchvision import models
 
+    if arch in DENSE_ARCHS:
+        return build_dense_model(arch, outputs)
     if arch == "resnet10":
         # torchvision's ResNet with one BasicBlock per stage: ~4.9 M parameters (a ~20 MB ONNX
         # file, within the 25 MB package budget that resnet18's 45 MB exceeds), ~60% of its FLOPs.
@@ -131,6 +133,8 @@ def head_linear(model: IchNet) -> tuple[torch.Tensor, torch.Tensor] | None:
     map); any other head gives None.
     """
     head = model.head
+    if isinstance(model, LesionNet):  # the any logit also holds the pooled lesion map
+        return None
     if isinstance(head, GapLinear):
         return head.fc.weight, head.fc.bias
     if isinstance(head, RsnaHead):
@@ -226,3 +230,96 @@ def load_weights(model: IchNet, path: str | Path) -> dict[str, list[str]]:
     model.load_state_dict(fits, strict=False)
     return {"loaded": sorted(fits), "skipped": sorted(set(state) - set(fits)),
             "missing": sorted(set(own) - set(fits))}
+
+
+# -- the lesion-level model --------------------------------------------------------------------
+
+#: Architectures with a dense lesion head (see :class:`LesionNet`).
+DENSE_ARCHS: tuple[str, ...] = ("resnet10seg", "resnet18seg")
+
+
+class FpnDecoder(nn.Module):
+    """A light FPN: lateral 1x1 convs of the four ResNet stages, top-down sum, 3x3 refinement.
+
+    Returns lesion logits (N, 1, S/4, S/4) at the stride of ``layer1`` (4).
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (64, 128, 256, 512), width: int = 32) -> None:
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
+        self.refine = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.out = nn.Conv2d(width, 1, 1)
+        # Start the map near "no lesion" (p ~ 0.01) so that early training is not flooded.
+        nn.init.constant_(self.out.bias, -4.0)
+
+    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        top = self.lateral[-1](stages[-1])
+        for lat, feat in zip(reversed(self.lateral[:-1]), reversed(stages[:-1])):
+            top = lat(feat) + F.interpolate(top, size=feat.shape[-2:], mode="nearest")
+        return self.out(self.refine(top))
+
+
+def topk_pool(lesion: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Mean of the top ``fraction`` of each map's logits (N,): "is there a bleeding region?".
+
+    At least one pixel; 1 % of a 40x40 map is its 16 strongest cells (a small bleed).
+    """
+    flat = lesion.flatten(1)
+    k = max(1, int(round(fraction * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+class LesionNet(IchNet):
+    """ResNet body + FPN lesion head; the ``any`` logit is tied to the lesion map.
+
+    ``logits[:, 0] = global_any + topk_pool(lesion)``: a slice is called bleeding when the global
+    head and the strongest region of the map agree, so "bleed" means "a bleeding region is
+    found". Subtype logits come from the global GAP + linear head.
+    """
+
+    def __init__(self, arch: str, net: nn.Module, outputs: int, pool_fraction: float = 0.01
+                 ) -> None:
+        channels = net.fc.in_features
+        super().__init__(arch, _resnet_body(net), GapLinear(channels, outputs), channels)
+        stage_channels = tuple(getattr(net, f"layer{i}")[-1].conv2.out_channels
+                               for i in range(1, 5))
+        self.decoder = FpnDecoder(stage_channels)
+        self.pool_fraction = pool_fraction
+
+    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                      torch.Tensor]:
+        """(logits, features, lesion logits (N, 1, S/4, S/4), pooled lesion logit (N,))."""
+        b = self.body
+        h = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        stages = []
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            h = getattr(b, name)(h)
+            stages.append(h)
+        lesion = self.decoder(stages)
+        pooled = topk_pool(lesion, self.pool_fraction)
+        logits = self.head(h)
+        logits = torch.cat([logits[:, :1] + pooled[:, None], logits[:, 1:]], dim=1)
+        return logits, h, lesion, pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_dense(x)[0]
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features, _, _ = self.forward_dense(x)
+        return logits, features
+
+
+def build_dense_model(arch: str, outputs: int) -> LesionNet:
+    """A freshly initialized :class:`LesionNet` (``resnet10seg`` or ``resnet18seg``)."""
+    from torchvision import models
+
+    if arch == "resnet10seg":
+        return LesionNet(arch, models.ResNet(models.resnet.BasicBlock, [1, 1, 1, 1]), outputs)
+    if arch == "resnet18seg":
+        return LesionNet(arch, models.resnet18(weights=None), outputs)
+    raise ValueError(f"unknown dense architecture {arch!r}; known: {', '.join(DENSE_ARCHS)}")

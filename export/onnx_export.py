@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ichrt.export.models import IchNet, build_model, cam_parameters, count_parameters
+from ichrt.export.models import (
+    IchNet,
+    LesionNet,
+    build_model,
+    cam_parameters,
+    count_parameters,
+)
 from ichrt.export.provenance import versions
 from ichrt.runtime.contract import ModelContract
 
@@ -39,6 +45,8 @@ OPSET = 18
 TWIN_FORMAT = "ichrt-torch-twin-1"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probs", "logits", "features")
+#: Dense models add ``lesion``: lesion logits (N, 1, S/stride, S/stride).
+LESION_OUTPUT = "lesion"
 #: Largest torch-vs-ONNX Runtime difference export accepts: absolute on probabilities, relative
 #: to the largest feature (when above 1) on features.
 PARITY_TOLERANCE = 1e-4
@@ -55,9 +63,17 @@ class _Outputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if isinstance(self.model, LesionNet):
+            logits, features, lesion, _ = self.model.forward_dense(image)
+            return torch.sigmoid(logits), logits, features, lesion
         logits, features = self.model.forward_all(image)
         return torch.sigmoid(logits), logits, features
+
+
+def output_names(model: IchNet) -> tuple[str, ...]:
+    """The ONNX outputs of ``model``: :data:`OUTPUT_NAMES`, plus ``lesion`` for dense models."""
+    return OUTPUT_NAMES + ((LESION_OUTPUT,) if isinstance(model, LesionNet) else ())
 
 
 def resolve_checkpoint(source: str | Path, which: str = "last") -> Path:
@@ -127,8 +143,12 @@ def build_contract(model: IchNet, meta: dict[str, Any], metrics: dict[str, Any] 
         "cam": "GAP + linear head: CAM weights stored" if cam is not None
         else "head is not GAP + one linear map: no CAM weights, use Grad-CAM",
     })
+    if isinstance(model, LesionNet):
+        provenance["lesion"] = ("FPN lesion map at stride 4 (output 'lesion', logits); the any "
+                                "logit adds the top-k pooled lesion logit")
     base = ModelContract.from_dict(meta["contract"])
     return base.with_updates(
+        lesion_stride=4 if isinstance(model, LesionNet) else None,
         cam_weights=None if cam is None else tuple(tuple(float(v) for v in r) for r in cam[0]),
         cam_bias=None if cam is None else tuple(float(v) for v in cam[1]),
         provenance=provenance,
@@ -154,7 +174,7 @@ def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None
     with contextlib.redirect_stdout(sink), torch.no_grad():
         torch.onnx.export(
             wrapper, (example,), str(path), input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES), opset_version=OPSET, dynamo=True,
+            output_names=list(output_names(wrapper.model)), opset_version=OPSET, dynamo=True,
             external_data=False, dynamic_shapes=({0: batch},), verbose=False,
         )
 
@@ -164,11 +184,12 @@ def parity(onnx_path: Path, wrapper: nn.Module, example: torch.Tensor) -> dict[s
     largest feature magnitude (``features_scale``) that the feature difference is judged by."""
     import onnxruntime as ort
 
+    names = output_names(wrapper.model)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: example.numpy()})
+    got = sess.run(list(names), {INPUT_NAME: example.numpy()})
     with torch.no_grad():
         want = [t.numpy() for t in wrapper(example)]
-    diffs = {name: float(np.max(np.abs(g - w))) for name, g, w in zip(OUTPUT_NAMES, got, want)}
+    diffs = {name: float(np.max(np.abs(g - w))) for name, g, w in zip(names, got, want)}
     diffs["features_scale"] = float(np.max(np.abs(want[2])))
     return diffs
 
@@ -204,7 +225,8 @@ def export_onnx(
         _torch_export(wrapper, example, raw)
         diffs = parity(raw, wrapper, example)
         if (diffs["probs"] > PARITY_TOLERANCE
-                or diffs["features"] > PARITY_TOLERANCE * max(1.0, diffs["features_scale"])):
+                or diffs["features"] > PARITY_TOLERANCE * max(1.0, diffs["features_scale"])
+                or diffs.get(LESION_OUTPUT, 0.0) > 10 * PARITY_TOLERANCE):
             raise ExportError(f"{out}: ONNX Runtime differs from torch: {diffs}")
         contract = contract.with_updates(
             provenance={**contract.provenance, "parity_max_abs_diff": diffs})

@@ -28,12 +28,16 @@ from ichrt.export.augment import (
     intensity,
     jitter_box,
 )
+from ichrt.export.appearance import AppearanceConfig, appearance
+from ichrt.export.insertion import DonorBank, InsertionConfig
 from ichrt.export.samples import Sample
 from ichrt.runtime.contract import LABELS, ModelContract
 from ichrt.runtime.framing import head_boxes
 from ichrt.runtime.windowing import centred_boxes, window_batch
 
 BALANCE_MODES = ("none", "class", "source")
+#: :attr:`SliceStore.region_kind` values: no region, a pixel mask, rasterized (weak) boxes.
+NO_REGION, MASK, BOXES = 0, 1, 2
 
 
 def _region_of(sample: Sample) -> np.ndarray | None:
@@ -121,6 +125,8 @@ class SliceStore:
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    #: Where a row's region came from: :data:`NO_REGION`, :data:`MASK` or :data:`BOXES`.
+    region_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
 
     @classmethod
     def from_samples(
@@ -128,13 +134,14 @@ class SliceStore:
     ) -> SliceStore:
         """Pack samples (consumed one at a time, so an iterator never lives in memory whole)."""
         pixels, bits, shapes = Chunks(torch.int16), Chunks(torch.uint8), []
-        labels, boxes = [], []
+        labels, boxes, kinds = [], [], []
         store = cls()
         for s in samples:
             hu = np.asarray(s.hu, np.float32)
             pixels.append(np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
             shapes.append(hu.shape)
             region = _region_of(s)
+            kinds.append(MASK if s.mask is not None else (BOXES if s.boxes else NO_REGION))
             bits.append(np.packbits(region, axis=None) if region is not None
                         else np.zeros(0, np.uint8))
             labels.append(np.asarray(s.labels, np.float32).reshape(len(LABELS)))
@@ -152,6 +159,7 @@ class SliceStore:
         if n:
             store.labels = np.stack(labels)
             store.head_boxes = np.stack(boxes).astype(np.int64)
+            store.region_kind = np.array(kinds, np.int8)
         return store
 
     def __len__(self) -> int:
@@ -176,6 +184,7 @@ class SliceStore:
             packs=self.packs, pack=self.pack[idx], row=self.row[idx], labels=self.labels[idx],
             head_boxes=self.head_boxes[idx], groups=[self.groups[i] for i in idx],
             sources=[self.sources[i] for i in idx], ids=[self.ids[i] for i in idx],
+            region_kind=self.region_kind[idx],
         )
 
     @staticmethod
@@ -198,6 +207,7 @@ class SliceStore:
             out.pack, out.row = np.concatenate(packs), np.concatenate(rows)
             out.labels = np.concatenate([s.labels for s in stores])
             out.head_boxes = np.concatenate([s.head_boxes for s in stores])
+            out.region_kind = np.concatenate([s.region_kind for s in stores])
         return out
 
     def share_memory(self) -> SliceStore:
@@ -237,11 +247,15 @@ class SliceDataset(Dataset):
         contract: ModelContract,
         augment: AugmentConfig | None = None,
         with_regions: bool = False,
+        insertion: InsertionConfig | None = None,
+        look: AppearanceConfig | None = None,
     ) -> None:
         self.store = store
         self.contract = contract
         self.augment = augment
         self.with_regions = with_regions
+        self.insertion = insertion
+        self.look = look
         self._mean = torch.tensor(contract.mean, dtype=torch.float32)[:, None, None]
         self._std = torch.tensor(contract.std, dtype=torch.float32)[:, None, None]
 
@@ -260,35 +274,55 @@ class SliceDataset(Dataset):
         cfg = self.augment
         rng = np.random.default_rng(seed) if cfg is not None else None
         pixels, box = self.store.hu(i), self._box(i)
+        labels = self.store.labels[i].copy()
+        kind = int(self.store.region_kind[i]) if len(self.store.region_kind) else NO_REGION
+        mask = self.store.region(i) if (self.with_regions or self.insertion) else None
         slope, intercept = 1.0, 0.0
         if rng is not None:
+            if self.insertion is not None:
+                pixels, labels, mask, kind = self.insertion.apply(pixels, labels, mask, kind, rng,
+                                                                  mask_kind=MASK)
             box = jitter_box(box, rng, cfg)
             slope, intercept = hu_calibration(rng, cfg)
             pixels = hu_side(pixels, self.store.sources[i], rng, cfg)
         image = window_batch(
-            pixels[None], self.contract, boxes=box[None].astype(np.int64),
+            np.ascontiguousarray(pixels)[None], self.contract, boxes=box[None].astype(np.int64),
             slopes=np.array([slope], np.float32), intercepts=np.array([intercept], np.float32),
         )
         x = torch.from_numpy(np.ascontiguousarray(image[0]))
         region = None
-        if self.with_regions:
-            mask = self.store.region(i)
-            region = (torch.from_numpy(sample_region(mask, box, self.contract.input_size))
-                      if mask is not None else None)
+        if self.with_regions and mask is not None:
+            region = torch.from_numpy(sample_region(mask, box, self.contract.input_size))
         if rng is not None:
             params = TensorParams.draw(rng, cfg)
             gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-            windowed = geometric(x * self._std + self._mean, params)
-            x = (intensity(windowed, params, gen) - self._mean) / self._std
+            windowed = intensity(geometric(x * self._std + self._mean, params), params, gen)
+            if self.look is not None:
+                windowed = appearance(windowed, rng, self.look)
+            x = (windowed - self._mean) / self._std
             if region is not None:
                 region = geometric(region[None], params)[0]
-        item = {"image": x.float(), "labels": torch.from_numpy(self.store.labels[i].copy()),
+        item = {"image": x.float(), "labels": torch.from_numpy(labels),
                 "index": torch.tensor(i)}
         if self.with_regions:
             s = self.contract.input_size
             item["has_region"] = torch.tensor(region is not None)
             item["region"] = region if region is not None else torch.zeros(s, s)
+            item["region_kind"] = torch.tensor(kind if region is not None else NO_REGION)
         return item
+
+
+def donor_bank(store: SliceStore, limit: int = 800, sources: tuple[str, ...] | None = None
+               ) -> DonorBank:
+    """Bleed shapes of the store's masked positive rows (evenly spread, at most ``limit``)."""
+    rows = [i for i in range(len(store))
+            if store.region_kind[i] == MASK and store.labels[i, 0] >= 0.5
+            and (sources is None or store.sources[i] in sources)]
+    bank = DonorBank()
+    step = max(1, len(rows) // limit)
+    for i in rows[::step]:
+        bank.add(store.region(i))
+    return bank
 
 
 def balance_weights(store: SliceStore, mode: str = "class") -> np.ndarray | None:

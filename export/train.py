@@ -45,15 +45,20 @@ import torch.nn.functional as F
 from ichrt.calibration.metrics import roc_auc, sensitivity_specificity
 from ichrt.export.augment import PRESETS, AugmentConfig
 from ichrt.export.datasets import DataSpec, class_mapping, iter_spec
-from ichrt.export.models import IchNet, build_model, cam_maps, load_weights
+from ichrt.export.appearance import AppearanceConfig
+from ichrt.export.insertion import InsertionConfig
+from ichrt.export.models import IchNet, LesionNet, build_model, cam_maps, load_weights
 from ichrt.export.provenance import git_revision, versions
 from ichrt.export.samples import count_by_source
 from ichrt.export.splits import grouped_split, leaked_groups
 from ichrt.export.torchdata import (
+    BOXES,
+    MASK,
     EpochSampler,
     SliceDataset,
     SliceStore,
     balance_weights,
+    donor_bank,
     make_loader,
 )
 from ichrt.runtime.contract import DEFAULT_WINDOWS, LABELS, ModelContract
@@ -88,6 +93,14 @@ class TrainConfig:
     pos_weight: float = 1.0
     #: Weight of the CAM localization term (0 = off).
     loc_weight: float = 0.0
+    #: Weight of the lesion-map terms of dense models (:func:`lesion_loss`).
+    seg_weight: float = 1.0
+    #: Probability of pasting a real bleed into a negative slice (:mod:`ichrt.export.insertion`).
+    insert_p: float = 0.0
+    #: Probability of adding a hard negative (scalp blood, skull defect, streaks, objects...).
+    hard_p: float = 0.0
+    #: Appearance augmentation (gamma, kernels, JPEG, low resolution, burned-in text).
+    appearance: bool = False
     val_fraction: float = 0.2
     seed: int = 0
     workers: int = 0
@@ -178,6 +191,45 @@ def cam_share_loss(
     region = F.adaptive_avg_pool2d(regions[use][:, None].float(), cam.shape[-2:])[:, 0]
     share = (cam * region).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-6)
     return (1.0 - share).mean()
+
+
+def lesion_loss(
+    lesion: torch.Tensor, pooled: torch.Tensor, regions: torch.Tensor, kinds: torch.Tensor,
+    y_any: torch.Tensor,
+) -> torch.Tensor:
+    """Dense supervision of a lesion map (N, 1, h, w) from whatever a slice has.
+
+    - negatives (``any`` = 0) of every source: an empty map (pixel BCE against 0);
+    - positives with a pixel mask: pixel BCE against the mask (area-pooled to the map) + soft Dice;
+    - positives with boxes only (weak): pixel BCE against 0 outside the boxes, nothing inside;
+    - every slice with a known ``any``: BCE of the top-k pooled map logit (multiple-instance:
+      a bleeding slice has a bleeding region, a normal one has none).
+    Positives without a mask or box (e.g. RSNA200) supervise only the pooled logit.
+    """
+    lesion = lesion.float()
+    target = F.adaptive_avg_pool2d(regions[:, None].float(), lesion.shape[-2:])
+    known = ~torch.isnan(y_any)
+    y = torch.where(known, y_any, torch.zeros_like(y_any))
+    neg = known & (y < 0.5)
+    pos = known & (y >= 0.5)
+    pos_mask = pos & (kinds == MASK)
+    pos_box = pos & (kinds == BOXES)
+    full = (neg | pos_mask).float()[:, None, None, None]
+    outside = pos_box.float()[:, None, None, None] * (target <= 0).float()
+    weight = full + outside
+    pix_target = target * pos_mask.float()[:, None, None, None]
+    bce = F.binary_cross_entropy_with_logits(lesion, pix_target, weight=weight, reduction="sum")
+    # Per-pixel terms are averaged per slice, so a large map does not outweigh the slice terms.
+    loss = bce / (weight.sum() / weight[0].numel()).clamp_min(1.0) / weight[0].numel()
+    if bool(pos_mask.any()):
+        p = torch.sigmoid(lesion[pos_mask])
+        t = target[pos_mask]
+        inter = (p * t).sum(dim=(1, 2, 3))
+        dice = 1.0 - (2.0 * inter + 1.0) / (p.sum(dim=(1, 2, 3)) + t.sum(dim=(1, 2, 3)) + 1.0)
+        loss = loss + dice.mean()
+    if bool(known.any()):
+        loss = loss + F.binary_cross_entropy_with_logits(pooled[known].float(), y[known])
+    return loss
 
 
 def _finite(value: float) -> float | None:
@@ -359,8 +411,15 @@ class Trainer:
         y = self._targets(batch["labels"].to(self.device))
         with torch.autocast(self.device.type, dtype=self.amp_dtype,
                             enabled=self.amp_dtype is not None):
-            logits, feats = self.model.forward_all(x)
+            if isinstance(self.model, LesionNet):
+                logits, feats, lesion, pooled = self.model.forward_dense(x)
+            else:
+                (logits, feats), lesion = self.model.forward_all(x), None
             loss = masked_bce(logits.float(), y, cfg.pos_weight)
+            if lesion is not None and cfg.seg_weight > 0:
+                loss = loss + cfg.seg_weight * lesion_loss(
+                    lesion, pooled, batch["region"].to(self.device),
+                    batch["region_kind"].to(self.device), y[:, 0])
             if cfg.loc_weight > 0:
                 use = batch["has_region"].to(self.device) & (y[:, 0] >= 0.5)
                 loss = loss + cfg.loc_weight * cam_share_loss(
@@ -488,8 +547,16 @@ class Trainer:
             stage = self.stages[s]
             train_store, val_store = self.stage_data(stage)
             self._write_run_json()
+            dense = isinstance(self.model, LesionNet)
+            insertion = None
+            if cfg.insert_p > 0 or cfg.hard_p > 0:
+                insertion = InsertionConfig(donor_bank(train_store), cfg.insert_p, cfg.hard_p)
+                self._data_summary.setdefault("insertion", {})[stage.name or str(s)] = {
+                    "donors": len(insertion.bank), "p_insert": cfg.insert_p,
+                    "p_hard": cfg.hard_p}
             dataset = SliceDataset(train_store, self.contract, self.augment,
-                                   with_regions=cfg.loc_weight > 0)
+                                   with_regions=cfg.loc_weight > 0 or dense, insertion=insertion,
+                                   look=AppearanceConfig() if cfg.appearance else None)
             sampler = EpochSampler(len(train_store), weights=balance_weights(train_store,
                                                                             cfg.balance),
                                    seed=(cfg.seed, s))

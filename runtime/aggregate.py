@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
 from ichrt.runtime.contract import ModelContract
+from ichrt.runtime.lesion import study_volume_ml
 from ichrt.runtime.slices import SliceIdentity
+from ichrt.runtime.studymodel import study_any
 
 
 @dataclass
@@ -38,6 +41,11 @@ class SliceScore:
     box: tuple[int, int, int, int]
     #: Class activation map of ``any`` (h, w), kept only for slices at or above the threshold.
     cam: np.ndarray | None = None
+    #: Lesion-map probabilities (h, w) of lesion-level models, kept for slices at the threshold.
+    lesion: np.ndarray | None = None
+    #: Area (mm^2) of the slice's lesion map at the cell threshold (lesion-level models with a
+    #: pixel spacing), else None.
+    lesion_mm2: float | None = None
 
 
 @dataclass
@@ -57,6 +65,8 @@ class StudyScore:
     arrival_source: str
     #: Position of the study's first slice in the input (breaks arrival ties stably).
     order: int
+    #: Estimated bleed volume in mL from the lesion map (lesion-level models), else None.
+    volume_ml: float | None = None
 
     @property
     def p_any(self) -> float:
@@ -73,9 +83,14 @@ def calibrate(logits: np.ndarray, contract: ModelContract) -> np.ndarray:
 
 
 def aggregate_studies(
-    slices: Sequence[SliceScore], labels: Sequence[str], threshold: float
+    slices: Sequence[SliceScore], labels: Sequence[str], threshold: float,
+    study_model: Mapping[str, Any] | None = None,
 ) -> list[StudyScore]:
-    """Group slices by StudyInstanceUID into studies, in arrival order (stable)."""
+    """Group slices by StudyInstanceUID into studies, in arrival order (stable).
+
+    ``study_model`` (a contract's) decides p(any) and the key slice from neighbouring slices
+    (:mod:`ichrt.runtime.studymodel`); None = maximum over slices. Subtypes: maximum.
+    """
     groups: dict[str, list[SliceScore]] = {}
     first_seen: dict[str, int] = {}
     for i, s in enumerate(slices):
@@ -85,9 +100,12 @@ def aggregate_studies(
     studies = []
     for uid, members in groups.items():
         probs = np.stack([m.probs for m in members])
-        key = members[int(np.argmax(probs[:, any_idx]))].identity
-        arrival, source = arrival_of([m.identity for m in members])
+        identities = [m.identity for m in members]
+        p_any, k = study_any(probs[:, any_idx], identities, study_model)
+        key = identities[k]
+        arrival, source = arrival_of(identities)
         study_max = probs.max(axis=0)
+        study_max[any_idx] = p_any
         studies.append(
             StudyScore(
                 study_uid=uid,
@@ -100,6 +118,7 @@ def aggregate_studies(
                 arrival=arrival,
                 arrival_source=source,
                 order=first_seen[uid],
+                volume_ml=study_volume_ml([m.lesion_mm2 for m in members], identities),
             )
         )
     return sorted(studies, key=arrival_key)

@@ -58,6 +58,10 @@ class ModelContract:
             pooling followed by one linear layer, so CAM can be computed without torch;
             ``None`` when the head is of another form.
         cam_bias: the classifier bias (labels) that goes with ``cam_weights``.
+        lesion_stride: for lesion-level models, the stride of the ``lesion`` output (lesion
+            logits, N x 1 x S/stride x S/stride) on the model input; None when there is none.
+        study_model: the study aggregator over per-slice outputs (see
+            :mod:`ichrt.runtime.studymodel`); None = maximum over slices.
         name: a human name for the model.
         provenance: where it came from (data, command, parent model hash, ...).
         metrics: validation metrics recorded at export or calibration time.
@@ -75,6 +79,8 @@ class ModelContract:
     arch: str = "unknown"
     cam_weights: tuple[tuple[float, ...], ...] | None = None
     cam_bias: tuple[float, ...] | None = None
+    lesion_stride: int | None = None
+    study_model: dict[str, Any] | None = None
     name: str = "ichrt-model"
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +122,10 @@ class ModelContract:
         for t in self.temperatures.values():
             if not (t > 0):
                 raise ContractError(f"temperatures must be > 0, got {t!r}")
+        if self.lesion_stride is not None and not (
+                isinstance(self.lesion_stride, int) and 1 <= self.lesion_stride <= self.input_size):
+            raise ContractError(f"lesion_stride must be an int in [1, input_size], "
+                                f"got {self.lesion_stride!r}")
         if self.cam_weights is not None:
             if len(self.cam_weights) != len(self.labels):
                 raise ContractError("cam_weights needs one row per label")

@@ -27,6 +27,21 @@ PADDING_HU = -2000.0
 #: clipped (the widest window used, bone 600/2800, ends at 2000 HU).
 HU_MIN = -1024.0
 HU_MAX = 3071.0
+#: RescaleSlope a CT file may carry: 1 in practice (0.5 to 4 are seen); anything outside this
+#: range (1e38, negative) is a broken or hostile header, not a CT scale.
+SLOPE_RANGE = (1e-3, 1e3)
+#: Largest |RescaleIntercept| accepted (CT uses 0, -1000, -1024, -8192 and the like).
+MAX_ABS_INTERCEPT = 65536.0
+#: Share of pixels that may lie outside :data:`PLAUSIBLE_HU` (metal, odd padding) before a slice
+#: is rejected as not CT; and the share that may be padding before it counts as empty.
+MAX_IMPLAUSIBLE_FRACTION = 0.05
+MAX_PADDING_FRACTION = 0.95
+#: HU a CT scanner can produce, padding values included (-32768 stored with intercept -1024).
+PLAUSIBLE_HU = (-33792.0, HU_MAX)
+
+
+class ImplausibleHU(ValueError):
+    """Pixel values that no CT scanner produces: the rescale or the pixel data are wrong."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +84,23 @@ def rescale_parameters(slope: Any, intercept: Any) -> tuple[float, float]:
     """(slope, intercept) from RescaleSlope/RescaleIntercept values as files hold them.
 
     Missing or empty values default to 1 and 0; multi-valued ones (seen in the wild as
-    ``-1024\\-1024``) use their first value. Raises ValueError for non-numbers and a zero slope,
-    which would erase the image.
+    ``-1024\\-1024``) use their first value. Raises ValueError for non-numbers, a zero slope
+    (which would erase the image) and values outside :data:`SLOPE_RANGE` /
+    :data:`MAX_ABS_INTERCEPT`.
     """
     m = _first_number(slope, "RescaleSlope")
     b = _first_number(intercept, "RescaleIntercept")
     m = 1.0 if m is None else m
+    b = 0.0 if b is None else b
     if m == 0.0:
         raise ValueError("RescaleSlope is 0")
-    return m, 0.0 if b is None else b
+    if not SLOPE_RANGE[0] <= m <= SLOPE_RANGE[1]:
+        raise ValueError(f"RescaleSlope {m:g} is outside the range CT uses "
+                         f"({SLOPE_RANGE[0]:g} to {SLOPE_RANGE[1]:g})")
+    if abs(b) > MAX_ABS_INTERCEPT:
+        raise ValueError(f"RescaleIntercept {b:g} is outside the range CT uses "
+                         f"(|intercept| <= {MAX_ABS_INTERCEPT:g})")
+    return m, b
 
 
 def needs_rsna_unwrap(bits_stored: int, pixel_representation: int, intercept: float) -> bool:
@@ -180,11 +203,44 @@ def clamp_hu(
     return result
 
 
-def stored_to_hu(stored: np.ndarray, params: HUParams) -> tuple[np.ndarray, tuple[str, ...]]:
+def implausible_reason(hu: np.ndarray, padding: np.ndarray | None = None) -> str | None:
+    """Why rescaled values (before padding and clamping) cannot be a CT slice, or None.
+
+    Rejected: non-finite values; more than :data:`MAX_IMPLAUSIBLE_FRACTION` of the pixels
+    outside :data:`PLAUSIBLE_HU`; more than :data:`MAX_PADDING_FRACTION` of them padding
+    (``padding`` mask or at most :data:`PADDING_HU`), which leaves nothing to score.
+    """
+    n = hu.size
+    if n == 0:
+        return "empty image"
+    low, high = float(hu.min()), float(hu.max())  # (NaN propagates; the full scans only if needed)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "the rescale gives non-finite HU values"
+    if low < PLAUSIBLE_HU[0] or high > PLAUSIBLE_HU[1]:
+        outside = np.count_nonzero((hu < PLAUSIBLE_HU[0]) | (hu > PLAUSIBLE_HU[1]))
+        if outside > MAX_IMPLAUSIBLE_FRACTION * n:
+            return (f"{100 * outside / n:.0f}% of the pixels lie outside {PLAUSIBLE_HU[0]:g}.."
+                    f"{PLAUSIBLE_HU[1]:g} HU (values {low:.4g} to {high:.4g}): "
+                    "implausible for CT, the rescale or pixel data are wrong")
+    if low > PADDING_HU and padding is None:
+        return None
+    pad = hu <= PADDING_HU
+    if padding is not None:
+        pad |= padding
+    if np.count_nonzero(pad) > MAX_PADDING_FRACTION * n:
+        return ("nearly every pixel is padding (at or below -2000 HU, or PixelPaddingValue): "
+                "nothing to score")
+    return None
+
+
+def stored_to_hu(
+    stored: np.ndarray, params: HUParams, check: bool = False
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Decoded stored values -> (float32 HU, notes on the fixes applied), one allocation.
 
     ``stored`` is what pydicom decoded (any integer or float dtype, unused high bits already
-    masked or sign-extended).
+    masked or sign-extended).  With ``check``, values no CT scanner produces raise
+    :class:`ImplausibleHU` (see :func:`implausible_reason`).
     """
     notes: list[str] = []
     hu = stored.astype(np.float32)
@@ -199,7 +255,12 @@ def stored_to_hu(stored: np.ndarray, params: HUParams) -> tuple[np.ndarray, tupl
     if not params.has_rescale:
         notes.append("no RescaleSlope/RescaleIntercept: stored values taken as HU")
     mask = padding_mask(stored, params.padding_value, params.padding_limit)
-    apply_rescale(hu, params.slope, params.intercept, out=hu)
+    with np.errstate(over="ignore", invalid="ignore"):
+        apply_rescale(hu, params.slope, params.intercept, out=hu)
+    if check:
+        reason = implausible_reason(hu, mask)
+        if reason is not None:
+            raise ImplausibleHU(reason)
     pad_to_air(hu, mask, out=hu)
     clamp_hu(hu, out=hu)
     return hu, tuple(notes)

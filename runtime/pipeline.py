@@ -6,8 +6,10 @@ Three stages run at once, joined by bounded queues so memory stays flat however 
    order, with a bounded number in flight.  A file that cannot be read becomes a
    :class:`Rejected` with its reason and never stops the others; so does a second file with the
    SOPInstanceUID of an earlier one (a copy would count twice in its study).
-2. **window** (calling thread): slices fill a batch, which the Numba kernel turns into the model
-   tensor (framed around the head when the contract says so); the HU pixels are then released.
+2. **window** (calling thread): slices fill a batch (at most ``batch_size`` slices and
+   :data:`BATCH_PIXELS` pixels, so large images make small batches), which the Numba kernel
+   turns into the model tensor (framed around the head when the contract says so); the HU
+   pixels are then released.
 3. **infer**: one worker thread runs ONNX Runtime batch by batch (it releases the GIL, so decoding
    goes on meanwhile); at most :data:`QUEUE_DEPTH` batches wait for it.
 
@@ -28,9 +30,10 @@ import numpy as np
 
 from ichrt.runtime.aggregate import SliceScore, calibrate
 from ichrt.runtime.contract import ModelContract
-from ichrt.runtime.dicom import iter_read
+from ichrt.runtime.dicom import IngestLimits, iter_read
 from ichrt.runtime.explain.cam import cam_maps
 from ichrt.runtime.framing import head_boxes
+from ichrt.runtime.lesion import lesion_area_mm2, lesion_probabilities
 from ichrt.runtime.session import LoadedModel
 from ichrt.runtime.slices import Rejected, Slice, SliceIdentity
 from ichrt.runtime.windowing import centred_boxes, window_batch
@@ -39,6 +42,8 @@ from ichrt.runtime.windowing import centred_boxes, window_batch
 Progress = Callable[[int, int], None]
 #: Inference batches allowed to wait for the inference thread.
 QUEUE_DEPTH = 2
+#: HU pixels a batch may hold before it is windowed (32 slices of 512 x 512: 32 MiB of float32).
+BATCH_PIXELS = 32 * 512 * 512
 
 
 @dataclass
@@ -89,20 +94,26 @@ def infer_batch(
 ) -> list[SliceScore]:
     """Run one batch and keep what the worklist needs (CAM only for slices at the threshold)."""
     contract = model.contract
-    outputs = ("logits", "features") if keep_cam else ("logits",)
+    dense = contract.lesion_stride is not None
+    outputs = ("logits",) + (("features",) if keep_cam else ()) + (("lesion",) if dense else ())
     out = model.run(tensor, outputs)
     probs = calibrate(out["logits"], contract)
+    hot = np.flatnonzero(probs[:, contract.labels.index("any")] >= threshold)
     cams: dict[int, np.ndarray] = {}
-    if keep_cam:
-        hot = np.flatnonzero(probs[:, contract.labels.index("any")] >= threshold)
-        if hot.size:
-            maps = cam_maps(out["features"][hot], contract, label="any")
-            cams = {int(i): np.array(m, np.float32) for i, m in zip(hot, maps)}
-    return [
-        SliceScore(identity=meta, probs=probs[i], box=tuple(int(v) for v in boxes[i]),
-                   cam=cams.get(i))
-        for i, meta in enumerate(identities)
-    ]
+    if keep_cam and hot.size:
+        maps = cam_maps(out["features"][hot], contract, label="any")
+        cams = {int(i): np.array(m, np.float32) for i, m in zip(hot, maps)}
+    lesion = lesion_probabilities(out["lesion"]) if dense else None
+    keep = set(hot.tolist())
+    scores = []
+    for i, meta in enumerate(identities):
+        box = tuple(int(v) for v in boxes[i])
+        scores.append(SliceScore(
+            identity=meta, probs=probs[i], box=box, cam=cams.get(i),
+            lesion=lesion[i].copy() if lesion is not None and i in keep else None,
+            lesion_mm2=(lesion_area_mm2(lesion[i], box, meta.pixel_spacing)
+                        if lesion is not None else None)))
+    return scores
 
 
 def run_pipeline(
@@ -113,6 +124,7 @@ def run_pipeline(
     keep_cam: bool = True,
     workers: int | None = None,
     progress: Progress | None = None,
+    limits: IngestLimits | None = None,
 ) -> PipelineOutput:
     """Score ``files`` with ``model``; every file ends up scored or rejected.
 
@@ -124,6 +136,7 @@ def run_pipeline(
             and already uses every physical core (a slice costs ~1.5 ms of CPU to decode against
             ~20 ms to infer with a ResNet-18 at 224 px), and more readers only preempt its
             threads; on a GPU: :func:`ichrt.runtime.dicom.default_workers`, to keep it fed.
+        limits: what one input file may make the reader allocate (default: 4096 x 4096 pixels).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -149,15 +162,18 @@ def run_pipeline(
                 infer_batch, model, tensor, meta, boxes, threshold, keep_cam))
 
         readers = workers or (None if model.on_gpu else 1)
-        for done, item in enumerate(iter_read(files, readers), start=1):
+        pixels = 0
+        for done, item in enumerate(iter_read(files, readers, limits), start=1):
             if isinstance(item, Slice):
                 item = _unique(item, first_path)
             if isinstance(item, Rejected):
                 result.rejected.append(item)
             else:
                 batch.append(item)
-                if len(batch) >= batch_size:
+                pixels += item.hu.size
+                if len(batch) >= batch_size or pixels >= BATCH_PIXELS:
                     flush()
+                    pixels = 0
             if progress is not None:
                 progress(done, total)
         if batch:
@@ -172,4 +188,4 @@ def _unique(item: Slice, first_path: dict[str, str]) -> Slice | Rejected:
     first = first_path.setdefault(item.identity.sop_uid, item.identity.path)
     if first == item.identity.path:
         return item
-    return Rejected.of(item.identity.path, f"duplicate SOPInstanceUID (same as {first})")
+    return Rejected.duplicate(item.identity, first)

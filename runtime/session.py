@@ -8,12 +8,21 @@ Session settings are chosen for a shared edge box: full graph optimization, intr
 physical cores (hyper-threads only add contention for convolutions), one inter-op thread, and no
 busy spinning so that idle ORT threads do not burn the CPU that decoding and other processes need.
 On CUDA/TensorRT, inputs and outputs go through IO binding so ORT copies each batch once.
+
+Pinning: a site that validated one model file sets its SHA-256 (``--require-sha256`` or the
+``ICHRT_REQUIRE_SHA256`` environment variable, several hashes comma-separated); any other file is
+refused before ONNX Runtime parses it (:class:`ModelNotPinned`), so an edited contract cannot
+run under the validated model's name.  Model paths that are not regular files (a device, a
+FIFO) are refused without reading them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +44,12 @@ PROVIDERS = ("auto", *PROVIDER_CHAINS)
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 #: Where the shipped model lives (package data).
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+#: Environment variable with the SHA-256 (or comma-separated hashes) of the only model files
+#: this installation may run.
+PIN_ENV = "ICHRT_REQUIRE_SHA256"
+#: Largest model file read (protobuf's limit for one ONNX file).
+MAX_MODEL_BYTES = 2 << 30
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class ModelError(RuntimeError):
@@ -43,6 +58,10 @@ class ModelError(RuntimeError):
 
 class ProviderUnavailable(ModelError):
     """The execution provider asked for is not in this onnxruntime install (a usage error)."""
+
+
+class ModelNotPinned(ModelError):
+    """The model file's SHA-256 is not the one this site requires."""
 
 
 @dataclass
@@ -54,6 +73,8 @@ class LoadedModel:
     path: Path
     sha256: str
     providers: list[str] = field(default_factory=list)
+    #: The SHA-256 values the file was checked against (empty: no pin was required).
+    pinned_to: tuple[str, ...] = ()
 
     @property
     def short_hash(self) -> str:
@@ -150,23 +171,84 @@ def session_options(threads: int | None = None, spinning: bool = False) -> ort.S
     return opts
 
 
+def parse_pins(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """SHA-256 hex digests from ``"abc...,def..."`` or a list (``sha256:`` prefixes allowed).
+
+    Raises:
+        ValueError: a value that is not 64 hex digits.
+    """
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    pins = []
+    for item in (str(i).strip().lower() for i in items):
+        item = item.removeprefix("sha256:")
+        if not item:
+            continue
+        if not _SHA256.fullmatch(item):
+            raise ValueError(f"not a SHA-256 (64 hex digits): {item[:80]!r}")
+        pins.append(item)
+    return tuple(pins)
+
+
+def required_pins(require_sha256: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """The hashes a model must have: ``require_sha256`` if given, else ``$ICHRT_REQUIRE_SHA256``."""
+    if require_sha256 is None:
+        require_sha256 = os.environ.get(PIN_ENV) or None
+    return parse_pins(require_sha256)
+
+
+def check_pin(sha256: str, pins: tuple[str, ...], path: str | Path) -> None:
+    """Refuse a model file whose hash is not among ``pins`` (no pins: anything goes)."""
+    if pins and sha256 not in pins:
+        wanted = ", ".join(p[:12] for p in pins)
+        raise ModelNotPinned(
+            f"{path}: model sha256 {sha256} is not the model this site requires "
+            f"(sha256 {wanted}..., set by --require-sha256 or {PIN_ENV}); refusing to run it")
+
+
+def read_model_file(path: Path) -> bytes:
+    """The bytes of a model file; devices, FIFOs and files over 2 GiB are refused unread."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model file: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelError(f"{path}: not a regular file (a device, FIFO or socket): "
+                             "not a model")
+        if info.st_size > MAX_MODEL_BYTES:
+            raise ModelError(f"{path}: {info.st_size} bytes, larger than any ONNX model can be")
+        try:
+            return fh.read(MAX_MODEL_BYTES + 1)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read the model file: {exc.strerror or exc}") from exc
+
+
 def load_model(
     path: str | Path | None = None,
     provider: str = "auto",
     threads: int | None = None,
     spinning: bool = False,
+    require_sha256: str | Iterable[str] | None = None,
 ) -> LoadedModel:
     """Load an ichrt model (the shipped default when ``path`` is None).
 
+    ``require_sha256``: the hash(es) the file must have (default: ``$ICHRT_REQUIRE_SHA256``);
+    checked before ONNX Runtime sees the file.
+
     Raises:
-        ModelError: the file is missing, not an ONNX model, or breaks the I/O convention.
+        ModelError: the file is missing, not a regular file, not an ONNX model, breaks the I/O
+            convention, or (:class:`ModelNotPinned`) is not the pinned model.
         ContractError: its preprocessing contract is missing or invalid (names the file).
+        ValueError: ``require_sha256`` is not a SHA-256.
     """
     path = Path(path) if path is not None else default_model_path()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model file: {exc.strerror or exc}") from exc
+    pins = required_pins(require_sha256)
+    data = read_model_file(path)
+    sha256 = hashlib.sha256(data).hexdigest()
+    check_pin(sha256, pins, path)
     providers = resolve_providers(provider)
     try:
         session = ort.InferenceSession(
@@ -182,8 +264,9 @@ def load_model(
         session=session,
         contract=contract,
         path=path,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         providers=list(session.get_providers()),
+        pinned_to=pins,
     )
 
 
@@ -213,6 +296,15 @@ def check_io(session: ort.InferenceSession, contract: ModelContract, path: Path)
         n_cam = len(contract.cam_weights[0]) if contract.cam_weights is not None else n_feat
         if isinstance(n_feat, int) and n_feat != n_cam:
             problems.append(f"'features' has {n_feat} channels, cam_weights {n_cam}")
+    if contract.lesion_stride is not None:
+        if "lesion" not in outputs:
+            problems.append("the contract has a lesion_stride but the model no 'lesion' output")
+        else:
+            shape = outputs["lesion"].shape
+            side = contract.input_size // contract.lesion_stride
+            if len(shape) != 4 or any(isinstance(d, int) and d != e
+                                      for d, e in zip(shape[1:], (1, side, side))):
+                problems.append(f"'lesion' output {shape} is not (N, 1, {side}, {side})")
     if problems:
         raise ModelError(f"{path}: not an ichrt model: " + "; ".join(problems))
 
@@ -221,6 +313,7 @@ __all__ = [
     "ContractError",
     "LoadedModel",
     "ModelError",
+    "ModelNotPinned",
     "ProviderUnavailable",
     "default_model_path",
     "load_model",

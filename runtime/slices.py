@@ -68,11 +68,35 @@ class Series:
 
 @dataclass(frozen=True)
 class Rejected:
-    """An input that was not scored, with the reason a person can act on."""
+    """An input that was not scored, with the reason a person can act on.
+
+    The study fields are filled when the file's header could be read, so that a study whose
+    files are all rejected still appears in the worklist (as not scored).
+    """
 
     path: str
     reason: str
+    study_uid: str = ""
+    accession_number: str = ""
+    #: PatientID: only for ``--show-phi``; never logged otherwise.
+    patient_id: str = ""
+    study_date: str = ""
+    study_time: str = ""
 
     @classmethod
-    def of(cls, path: str | Path, reason: str) -> Rejected:
-        return cls(str(path), reason)
+    def of(cls, path: str | Path, reason: str, **study: str) -> Rejected:
+        """``study``: any of the study fields above (unknown keys are an error)."""
+        return cls(str(path), reason, **study)
+
+    @classmethod
+    def duplicate(cls, identity: SliceIdentity, first: str) -> Rejected:
+        """A second file with the SOPInstanceUID of ``first``: rejected, but its study is known."""
+        return cls(identity.path, f"duplicate SOPInstanceUID (same as {first})",
+                   **study_fields(identity))
+
+
+def study_fields(identity: SliceIdentity) -> dict[str, str]:
+    """The study fields of :class:`Rejected` taken from a slice identity."""
+    return {"study_uid": identity.study_uid, "accession_number": identity.accession_number,
+            "patient_id": identity.patient_id, "study_date": identity.study_date,
+            "study_time": identity.study_time}

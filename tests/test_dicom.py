@@ -407,7 +407,10 @@ def test_duplicate_sop_instance_is_rejected(tmp_path: Path) -> None:
     second = write_ct(tmp_path / "b.dcm", syntax=RLELossless)
     result = read_paths([first, second])
     assert [s.identity.path for s in result.slices] == [str(first)]
-    assert result.rejected == [Rejected(str(second), f"duplicate SOPInstanceUID (same as {first})")]
+    (rejected,) = result.rejected
+    assert (rejected.path, rejected.reason) == (
+        str(second), f"duplicate SOPInstanceUID (same as {first})")
+    assert rejected.study_uid == result.slices[0].identity.study_uid  # its study stays known
 
 
 # --------------------------------------------------------------------- files and batches
@@ -457,7 +460,7 @@ def test_thread_pool_preserves_input_order(tmp_path: Path) -> None:
 def test_read_paths_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write_ct(tmp_path / "a.dcm")
 
-    def broken(_path):
+    def broken(*_args):
         raise RuntimeError("bug")
 
     monkeypatch.setattr(dicom, "read_slice", broken)

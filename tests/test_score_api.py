@@ -144,7 +144,7 @@ def test_write_result_files(scorer: Scorer, studies: Path, tmp_path: Path) -> No
     assert {Path(r["path"]).name for r in rejected} == {"notes.txt", "truncated.dcm"}
     assert json.loads((out / "worklist.json").read_text()) == doc
     assert doc["counts"] == {"inputs": 12, "scored_slices": 10, "rejected": 2, "studies": 4,
-                             "flagged": 2}
+                             "flagged": 2, "not_scored_studies": 0}
     hot = sum(s.probs[0] >= result.threshold for s in result.slices)
     pngs = sorted((out / "explanations").rglob("*.png"))
     assert len(pngs) == len(doc["explanations"]) == hot == 2

@@ -116,5 +116,5 @@ def test_summary_table_counts_and_sanitizes() -> None:
 
 def test_rejected_records() -> None:
     assert rejected_records([Rejected.of("/x/y.dcm", "not DICOM")]) == [
-        {"path": "/x/y.dcm", "reason": "not DICOM"}
+        {"path": "/x/y.dcm", "reason": "not DICOM", "study_instance_uid": ""}
     ]

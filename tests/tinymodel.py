@@ -24,8 +24,13 @@ def make_tiny_model(
     stride: int = 4,
     seed: int = 0,
     with_contract: bool = True,
+    lesion: bool = False,
 ) -> ModelContract:
-    """Write a tiny model to ``path`` and return the contract stored in it."""
+    """Write a tiny model to ``path`` and return the contract stored in it.
+
+    With ``lesion`` it is a lesion-level model: an extra output ``lesion`` (N, 1, S/stride,
+    S/stride) whose logits rise with the brain-window channel (contract ``lesion_stride``).
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -42,6 +47,7 @@ def make_tiny_model(
     contract = base.with_updates(
         cam_weights=tuple(tuple(float(v) for v in row) for row in fc_w),
         cam_bias=tuple(float(v) for v in fc_b),
+        lesion_stride=stride if lesion else base.lesion_stride,
     )
     nodes = [
         helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["conv"], kernel_shape=[3, 3],
@@ -52,17 +58,26 @@ def make_tiny_model(
         helper.make_node("Gemm", ["pooled", "fc_w", "fc_b"], ["logits"], transB=1),
         helper.make_node("Sigmoid", ["logits"], ["probs"]),
     ]
+    outputs = [
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_lab]),
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_lab]),
+        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", features, "h", "w"]),
+    ]
+    inits = [(conv_w, "conv_w"), (conv_b, "conv_b"), (fc_w, "fc_w"), (fc_b, "fc_b")]
+    if lesion:
+        les_w = np.zeros((1, features, 1, 1), np.float32)
+        les_w[0, 0] = 8.0
+        nodes.append(helper.make_node("Conv", ["features", "les_w", "les_b"], ["lesion"],
+                                      kernel_shape=[1, 1]))
+        outputs.append(helper.make_tensor_value_info("lesion", TensorProto.FLOAT,
+                                                     ["N", 1, "h", "w"]))
+        inits += [(les_w, "les_w"), (np.array([-4.0], np.float32), "les_b")]
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", c_in, "S", "S"])],
-        [
-            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", n_lab]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_lab]),
-            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", features, "h", "w"]),
-        ],
-        [numpy_helper.from_array(a, n) for a, n in
-         ((conv_w, "conv_w"), (conv_b, "conv_b"), (fc_w, "fc_w"), (fc_b, "fc_b"))],
+        outputs,
+        [numpy_helper.from_array(a, n) for a, n in inits],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

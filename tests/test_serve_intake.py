@@ -1,0 +1,141 @@
+"""Intake with real peers: dcmtk's echoscu/storescu as the scanner, ``ichrt serve`` as a process.
+
+Good phantom slices and the pydicom corpus's CT are stored (durably, hash-named) and scored; an
+unknown calling AE is refused; non-CT, mislabelled and truncated instances get a failure status
+with a reason while the rest of the same association is stored; SIGTERM stops the service cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from serve_helpers import (
+    ICHRT,
+    ServeProcess,
+    echoscu,
+    free_port,
+    missing_peers,
+    phantom_studies,
+    storescu,
+    storescu_async,
+    wait_until,
+    write_config,
+)
+
+from ichrt.runtime.serve.spool import uid_key
+from ichrt.runtime.serve.state import State
+
+pytestmark = pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> list[list[Path]]:
+    return phantom_studies(tmp_path_factory.mktemp("phantoms"), 2, seed=11, slices=5)
+
+
+def _variant(src: Path, out: Path, **changes) -> Path:
+    ds = pydicom.dcmread(src)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for key, value in changes.items():
+        if key == "truncate":
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        elif key == "SOPClassUID":
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = value
+        else:
+            setattr(ds, key, value)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_intake_bad_peers_and_clean_shutdown(studies, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "ichrt.toml", tmp_path / "spool", port, log_level="debug",
+                       allowed_calling_aets=["SCANNER"], quiet_period_s=0.5)
+    service = ServeProcess(cfg, port, tmp_path / "serve.log").start()
+    try:
+        assert echoscu(port).returncode == 0
+        assert echoscu(port, aet="INTRUDER").returncode != 0
+        refused = storescu(port, studies[0][:1], aet="INTRUDER")
+        assert refused.returncode != 0
+
+        good = studies[0]
+        ct_small = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+        bad = [
+            _variant(good[0], tmp_path / "mr.dcm", SOPClassUID="1.2.840.10008.5.1.4.1.1.4",
+                     Modality="MR"),
+            _variant(good[0], tmp_path / "mislabelled.dcm", Modality="MR"),
+            _variant(good[0], tmp_path / "truncated.dcm", truncate=True),
+        ]
+        order = [good[0], bad[0], good[1], bad[1], good[2], bad[2], *good[3:], ct_small]
+        done = storescu(port, order, extra=["-nh"])
+        assert "Association Release" in done.stderr or done.returncode in (0, 1), done.stderr
+        storescu(port, studies[1])
+
+        state = State(tmp_path / "spool" / "state.sqlite", readonly=True)
+        expected = len(good) + len(studies[1]) + 1
+        assert state.count_instances() == expected
+        assert state.count_instances(pydicom.dcmread(good[0]).StudyInstanceUID) == len(good)
+        events = service.events()
+        refusals = [e for e in events if e["event"] == "store_refused"]
+        assert [e["status"] for e in refusals] == ["0x0122", "0xA900", "0xC000"]
+        assert "not CT Image Storage" in refusals[0]["reason"]
+        assert "only CT" in refusals[1]["reason"]
+        assert "truncated" in refusals[2]["reason"]
+        assert any(e["event"] == "association_rejected" and e["calling_aet"] == "INTRUDER"
+                   for e in events)
+
+        # durably in hash-named folders, byte-identical pixels, nothing left in tmp/
+        spool = tmp_path / "spool"
+        assert not list((spool / "tmp").iterdir())
+        src = pydicom.dcmread(good[1])
+        folder = spool / "studies" / uid_key(src.StudyInstanceUID)
+        stored = [pydicom.dcmread(p) for p in folder.glob("*.dcm")]
+        assert len(stored) == len(good)
+        match = [d for d in stored if d.SOPInstanceUID == src.SOPInstanceUID]
+        assert match and match[0].PixelData == src.PixelData
+
+        wait_until(lambda: state.summary()["studies"]["scored"] == 3, 60, what="3 studies scored")
+        results = state.results()
+        assert sorted(r["document"] and json.loads(r["document"])["n_slices"]
+                      for r in results) == sorted([len(good), len(studies[1]), 1])
+        state.close()
+
+        status = subprocess.run([ICHRT, "status", "--config", str(cfg), "--json"],
+                                capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(status.stdout)["studies"]["scored"] == 3
+    finally:
+        code = service.terminate()
+    assert code == 0
+    text = service.text()
+    assert '"event": "serve_stopped"' in text
+    names = {str(pydicom.dcmread(p).get("PatientName", "")) for p in good + [ct_small]}
+    for name in filter(None, names):
+        assert name not in text, "a patient name reached the log"
+
+
+def test_sigterm_lets_the_current_association_finish(tmp_path: Path) -> None:
+    studies = phantom_studies(tmp_path / "ph", 3, seed=12, slices=8)
+    files = [f for s in studies for f in s]
+    port = free_port()
+    cfg = write_config(tmp_path / "ichrt.toml", tmp_path / "spool", port, quiet_period_s=60)
+    service = ServeProcess(cfg, port, tmp_path / "serve.log").start()
+    state = State(tmp_path / "spool" / "state.sqlite", readonly=True)
+    try:
+        sender = storescu_async(port, files)
+        wait_until(lambda: state.count_instances() >= 2, 30, interval=0.01,
+                   what="first instances stored")
+        service.proc.send_signal(signal.SIGTERM)
+        output = sender.communicate(timeout=60)[0]
+        assert sender.returncode == 0, output  # the association was not cut
+        assert service.proc.wait(60) == 0
+        assert state.count_instances() == len(files)
+        assert state.summary()["studies"]["receiving"] == 3  # kept for the next start
+    finally:
+        state.close()
+        service.kill()
