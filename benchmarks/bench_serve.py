@@ -25,7 +25,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from serve_helpers import (  # noqa: E402
+from serve_helpers import (
     DCMTK,
     DCMTK_ENV,
     NICE,
@@ -40,7 +40,7 @@ from serve_helpers import (  # noqa: E402
     write_config,
 )
 
-from ichrt.runtime.serve.state import State  # noqa: E402
+from ichrt.runtime.serve.state import State
 
 pytestmark = pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
 
@@ -169,8 +169,8 @@ def test_memory_over_many_studies(benchmark, tmp_path: Path) -> None:
         for i, studies in enumerate(rounds, start=1):
             files = [f for s in studies for f in s]
             assert storescu(port, files).returncode == 0
-            wait_until(lambda: state.summary()["studies"]["scored"] == i * MEMORY_STUDIES, 120,
-                       what=f"round {i} scored")
+            wait_until(lambda n=i * MEMORY_STUDIES: state.summary()["studies"]["scored"] == n,
+                       120, what=f"round {i} scored")
             rss.append(_rss_kib(_python_pid(service))["VmRSS"])
 
     try:

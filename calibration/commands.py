@@ -335,6 +335,15 @@ def threshold_table(report: dict) -> str:
             row += (f"{point['threshold']:>7.3f}{_ci(point['slice']['sensitivity'])}"
                     f"{_ci(point['study']['specificity'])}")
         rows.append(row)
+    if "parts" in report:  # calibrated on whole studies (--real): the any threshold per part
+        sm = report.get("study_model")
+        rows.append(f"any: study-level threshold {report['threshold_any']:.3f} "
+                    + (f"(study model r={sm['r']:.2f})" if sm else "(max over slices)"))
+        for part in report["parts"]:
+            level = "study" if "study" in part else "slice"
+            figures = part[level]
+            rows.append(f"  {part['source']:<16}{level:>6} sens {_ci(figures['sensitivity'])}"
+                        f"  spec {_ci(figures['specificity'])}")
     return "\n".join(rows)
 
 

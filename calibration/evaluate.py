@@ -26,7 +26,7 @@ from ichrt.calibration.metrics import (
 )
 from ichrt.calibration.thresholds import study_level
 from ichrt.runtime.contract import ModelContract
-from ichrt.runtime.slices import Rejected
+from ichrt.runtime.slices import Rejected, SliceIdentity
 
 ECE_BINS = 15
 
@@ -58,19 +58,37 @@ def level_metrics(
 def evaluate_arrays(
     labels: np.ndarray, probs: np.ndarray, studies: Sequence | np.ndarray,
     contract: ModelContract, bins: int = ECE_BINS, n_boot: int = 0,
+    identities: Sequence[SliceIdentity] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``{label: {"threshold", "slice": {...}, "study": {...}}}`` for every contract label."""
+    """``{label: {"threshold", "slice": {...}, "study": {...}}}`` for every contract label.
+
+    With ``identities`` and a contract study model, the study ``any`` probability is the study
+    model's (as ``ichrt score`` computes it); otherwise every label's is the maximum.
+    """
     report: dict[str, dict[str, Any]] = {}
     for j, name in enumerate(contract.labels):
         y, p = labels[:, j], probs[:, j]
         threshold = contract.threshold(name)
-        y_st, p_st, _ = study_level(y, p, studies)
+        y_st, p_st, ids = study_level(y, p, studies)
+        if name == "any" and identities is not None and contract.study_model is not None:
+            p_st = _study_model_probs(p, studies, ids, identities, contract.study_model)
         report[name] = {
             "threshold": threshold,
             "slice": level_metrics(y, p, threshold, bins, groups=studies, n_boot=n_boot),
             "study": level_metrics(y_st, p_st, threshold, bins, n_boot=n_boot),
         }
     return report
+
+
+def _study_model_probs(p: np.ndarray, studies, ids, identities, params) -> np.ndarray:
+    from ichrt.runtime.studymodel import study_any
+
+    studies = np.asarray(studies)
+    out = np.empty(len(ids))
+    for k, sid in enumerate(ids):
+        rows = np.flatnonzero(studies == sid)
+        out[k] = study_any(p[rows], [identities[i] for i in rows], params)[0]
+    return out
 
 
 @dataclass
@@ -114,7 +132,7 @@ def evaluate_model(
         model={"name": model.contract.name, "sha256": model.sha256, "path": str(model.path)},
         data=data.summary(preds.identities, studies, len(preds.rejected)),
         labels=evaluate_arrays(labels, preds.probs("model", model.contract), studies,
-                               model.contract, n_boot=n_boot),
+                               model.contract, n_boot=n_boot, identities=preds.identities),
         rejected=preds.rejected,
     )
 

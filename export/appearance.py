@@ -78,7 +78,7 @@ def appearance(x: torch.Tensor, rng: np.random.Generator, cfg: AppearanceConfig)
         x = _kernel(x, _BLUR if rng.random() < 0.6 else _SHARPEN)
     if rng.random() < cfg.p_lowres:
         s = x.shape[-1]
-        small = max(8, int(round(s * float(rng.uniform(*cfg.lowres)))))
+        small = max(8, round(s * float(rng.uniform(*cfg.lowres))))
         x = F.interpolate(F.interpolate(x[None], size=(small, small), mode="bilinear",
                                         antialias=True, align_corners=False),
                           size=(s, s), mode="bilinear", align_corners=False)[0]

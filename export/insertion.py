@@ -113,7 +113,7 @@ class DonorBank:
 
 def _resize_nearest(mask: np.ndarray, factor: float) -> np.ndarray:
     h, w = mask.shape
-    nh, nw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
     ys = np.minimum((np.arange(nh) + 0.5) / factor, h - 1).astype(np.int64)
     xs = np.minimum((np.arange(nw) + 0.5) / factor, w - 1).astype(np.int64)
     return mask[ys][:, xs]

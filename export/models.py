@@ -270,7 +270,7 @@ def topk_pool(lesion: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
     At least one pixel; 1 % of a 40x40 map is its 16 strongest cells (a small bleed).
     """
     flat = lesion.flatten(1)
-    k = max(1, int(round(fraction * flat.shape[1])))
+    k = max(1, round(fraction * flat.shape[1]))
     return flat.topk(k, dim=1).values.mean(dim=1)
 
 

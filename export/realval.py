@@ -17,8 +17,8 @@ import numpy as np
 
 from ichrt.calibration.studyfit import ValidationPart
 from ichrt.export.lesion_eval import held_out, infer_hu
-from ichrt.runtime.dicom import scan_order
 from ichrt.runtime.session import LoadedModel
+from ichrt.runtime.slices import scan_order
 
 #: Real sources whose groups are whole studies (ct-ich: one patient's slices, skull base up).
 WHOLE_STUDY_SOURCES = ("ctich",)

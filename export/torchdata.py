@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ichrt.export.appearance import AppearanceConfig, appearance
 from ichrt.export.augment import (
     AugmentConfig,
     TensorParams,
@@ -28,7 +29,6 @@ from ichrt.export.augment import (
     intensity,
     jitter_box,
 )
-from ichrt.export.appearance import AppearanceConfig, appearance
 from ichrt.export.insertion import DonorBank, InsertionConfig
 from ichrt.export.samples import Sample
 from ichrt.runtime.contract import LABELS, ModelContract

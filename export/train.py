@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 
 from ichrt.calibration.metrics import roc_auc, sensitivity_specificity
+from ichrt.export.appearance import AppearanceConfig
 from ichrt.export.augment import PRESETS, AugmentConfig
 from ichrt.export.datasets import DataSpec, class_mapping, iter_spec
-from ichrt.export.appearance import AppearanceConfig
 from ichrt.export.insertion import InsertionConfig
 from ichrt.export.models import IchNet, LesionNet, build_model, cam_maps, load_weights
 from ichrt.export.provenance import git_revision, versions

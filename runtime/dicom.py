@@ -54,7 +54,7 @@ from pydicom.uid import (
 )
 
 from .hounsfield import HUParams, ImplausibleHU, rescale_parameters, stored_to_hu
-from .slices import Rejected, Series, Slice, SliceIdentity
+from .slices import Rejected, Series, Slice, SliceIdentity, scan_order
 
 PathLike = str | os.PathLike
 #: Told to the user whenever a compressed file cannot be decoded for want of a plugin.
@@ -781,39 +781,3 @@ def _ordered_series(study_uid: str, series_uid: str, members: list[Slice]) -> Se
     return Series(study_uid, series_uid, [members[i] for i in order], ordered_by=how)
 
 
-def scan_order(identities: Sequence[SliceIdentity]) -> tuple[list[int], str]:
-    """Indices of one series' slices along the scan axis, and what ordered them.
-
-    By position on the slice normal, else InstanceNumber, else input order (see
-    :func:`group_series`).
-    """
-    keys = scan_positions(identities)
-    if keys is None:
-        numbers = [i.instance_number for i in identities]
-        if None not in numbers and len(set(numbers)) == len(numbers):
-            keys, how = np.asarray(numbers, dtype=np.float64), "instance_number"
-        else:
-            return list(range(len(identities))), "file_order"
-    else:
-        how = "position"
-    return [int(i) for i in np.argsort(keys, kind="stable")], how
-
-
-def scan_positions(identities: Sequence[SliceIdentity], tolerance: float = 1e-3
-                   ) -> np.ndarray | None:
-    """Positions (mm) along the common slice normal, or None if they cannot order the series."""
-    positions = [i.position for i in identities]
-    orientations = [i.orientation for i in identities]
-    if any(p is None for p in positions) or any(o is None for o in orientations):
-        return None
-    cosines = np.asarray(orientations, dtype=np.float64)
-    if np.abs(cosines - cosines[0]).max() > tolerance:
-        return None
-    normal = np.cross(cosines[0, :3], cosines[0, 3:])
-    normal /= np.linalg.norm(normal)
-    if normal[2] < 0:  # patient z grows towards the head: ascending = inferior to superior
-        normal = -normal
-    keys = np.asarray(positions, dtype=np.float64) @ normal
-    if len(keys) > 1 and np.diff(np.sort(keys)).min() < tolerance:
-        return None
-    return keys

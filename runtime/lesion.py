@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ichrt.runtime.dicom import scan_positions
-from ichrt.runtime.slices import SliceIdentity
+from ichrt.runtime.slices import SliceIdentity, scan_positions
 
 #: Cell probability at which a lesion-map cell counts as bleeding (area and volume).
 LESION_THRESHOLD = 0.5

@@ -6,6 +6,7 @@ and :class:`Rejected` for every input that could not become a slice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,3 +101,41 @@ def study_fields(identity: SliceIdentity) -> dict[str, str]:
     return {"study_uid": identity.study_uid, "accession_number": identity.accession_number,
             "patient_id": identity.patient_id, "study_date": identity.study_date,
             "study_time": identity.study_time}
+
+
+def scan_order(identities: Sequence[SliceIdentity]) -> tuple[list[int], str]:
+    """Indices of one series' slices along the scan axis, and what ordered them.
+
+    By position on the slice normal, else InstanceNumber, else input order (see
+    :func:`ichrt.runtime.dicom.group_series`).
+    """
+    keys = scan_positions(identities)
+    if keys is None:
+        numbers = [i.instance_number for i in identities]
+        if None not in numbers and len(set(numbers)) == len(numbers):
+            keys, how = np.asarray(numbers, dtype=np.float64), "instance_number"
+        else:
+            return list(range(len(identities))), "file_order"
+    else:
+        how = "position"
+    return [int(i) for i in np.argsort(keys, kind="stable")], how
+
+
+def scan_positions(identities: Sequence[SliceIdentity], tolerance: float = 1e-3
+                   ) -> np.ndarray | None:
+    """Positions (mm) along the common slice normal, or None if they cannot order the series."""
+    positions = [i.position for i in identities]
+    orientations = [i.orientation for i in identities]
+    if any(p is None for p in positions) or any(o is None for o in orientations):
+        return None
+    cosines = np.asarray(orientations, dtype=np.float64)
+    if np.abs(cosines - cosines[0]).max() > tolerance:
+        return None
+    normal = np.cross(cosines[0, :3], cosines[0, 3:])
+    normal /= np.linalg.norm(normal)
+    if normal[2] < 0:  # patient z grows towards the head: ascending = inferior to superior
+        normal = -normal
+    keys = np.asarray(positions, dtype=np.float64) @ normal
+    if len(keys) > 1 and np.diff(np.sort(keys)).min() < tolerance:
+        return None
+    return keys

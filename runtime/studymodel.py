@@ -22,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ichrt.runtime.dicom import scan_order
-from ichrt.runtime.slices import SliceIdentity
+from ichrt.runtime.slices import SliceIdentity, scan_order
 
 KIND = "neighbour-max"
 #: Logits are clipped here so a probability of exactly 0 or 1 stays finite.

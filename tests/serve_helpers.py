@@ -139,7 +139,7 @@ class Orthanc:
         return f"{ORTHANC_AET}@127.0.0.1:{self.dicom_port}"
 
     def start(self) -> Orthanc:
-        log = open(self.folder / "orthanc.log", "ab")
+        log = open(self.folder / "orthanc.log", "ab")  # noqa: SIM115 - the child's stdout
         self.proc = subprocess.Popen([*NICE, ORTHANC, str(self.config)], stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_port(self.http_port, 30, self.proc)
@@ -185,7 +185,7 @@ class Orthanc:
 # -- ichrt serve -------------------------------------------------------------------------------
 
 def write_config(path: Path, spool: Path, port: int, destinations: Sequence[str] = (),
-                 **serve: Any) -> Path:
+                 notify_url: str = "", **serve: Any) -> Path:
     lines = ["[serve]", 'ae_title = "ICHRT"', 'host = "127.0.0.1"', f"port = {port}",
              f'spool = "{spool}"']
     for key, value in serve.items():
@@ -196,6 +196,8 @@ def write_config(path: Path, spool: Path, port: int, destinations: Sequence[str]
         lines += ["", "[[destinations]]", f'ae_title = "{aet}"', f'host = "{host}"',
                   f"port = {dport}"]
     lines += ["", "[retry]", "max_attempts = 50", "base_s = 0.3", "max_s = 1.0"]
+    if notify_url:
+        lines += ["", "[notify]", f'url = "{notify_url}"', "timeout_s = 5"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -209,7 +211,7 @@ class ServeProcess:
 
     def start(self, timeout: float = 60.0) -> ServeProcess:
         offset = self.log.stat().st_size if self.log.exists() else 0
-        out = open(self.log, "ab")
+        out = open(self.log, "ab")  # noqa: SIM115 - the child's stdout
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen([*NICE, ICHRT, "serve", "--config", str(self.config)],
                                      stdout=out, stderr=subprocess.STDOUT,

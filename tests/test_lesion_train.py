@@ -67,7 +67,7 @@ def test_inserted_lesion_is_blood_inside_the_skull_only():
 def test_insertion_makes_a_negative_positive_with_its_mask():
     cfg = InsertionConfig(_bank(), p_insert=1.0, p_hard=0.0)
     labels = np.zeros(6, np.float32)
-    hu, new, region, kind = cfg.apply(_normal(), labels, None, NO_REGION,
+    _hu, new, region, kind = cfg.apply(_normal(), labels, None, NO_REGION,
                                       np.random.default_rng(1), mask_kind=MASK)
     assert new[0] == 1.0 and np.isnan(new[1:]).all()
     assert kind == MASK and region is not None and region.any()

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
+import urllib.request
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pydicom
@@ -88,8 +91,35 @@ def _srs(orthanc: Orthanc) -> list[dict]:
     return orthanc.by_modality().get("SR", [])
 
 
-def test_results_reach_orthanc_and_a_late_instance_supersedes(studies, orthanc, tmp_path):
-    service = _service(tmp_path, orthanc.destination, threshold=0.5).start()
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # http.server's method name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def hook():
+    _Hook.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ich", _Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_results_reach_orthanc_and_a_late_instance_supersedes(studies, orthanc, hook, tmp_path):
+    url, posts = hook
+    status_port = free_port()
+    service = _service(tmp_path, orthanc.destination, threshold=0.5, notify_url=url,
+                       status_port=status_port).start()
     try:
         for files in (studies[0], studies[2]):
             assert storescu(service.port, files).returncode == 0
@@ -122,6 +152,16 @@ def test_results_reach_orthanc_and_a_late_instance_supersedes(studies, orthanc, 
             assert content["Model SHA-256"] == doc["model"]["sha256"]
             assert content["Algorithm Name"] == doc["model"]["name"]
             assert tags["VerificationFlag"] == "UNVERIFIED"
+        # the notification: one small JSON document per flagged study, no patient data
+        flagged = [d for d in results.values() if d["flagged"]]
+        wait_until(lambda: len(posts) == len(flagged), 20, what="the notification")
+        assert posts[0]["event"] == "ich_suspected"
+        assert posts[0]["study_instance_uid"] == flagged[0]["study_instance_uid"]
+        assert posts[0]["sr_sop_instance_uid"] == flagged[0]["sr_sop_instance_uid"]
+        assert not {"patient_name", "patient_id"} & set(posts[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/healthz", timeout=10) as r:
+            health = json.loads(r.read())
+        assert health["ok"] and health["studies"]["sent"] == 2 and health["listening"]
         for sc in by_mod.get("OT", []):
             tags = orthanc.tags(sc["ID"])
             assert tags["BurnedInAnnotation"] == "YES"

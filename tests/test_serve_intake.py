@@ -43,7 +43,12 @@ def _variant(src: Path, out: Path, **changes) -> Path:
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     for key, value in changes.items():
-        if key == "truncate":
+        if key == "syntax":
+            if value == pydicom.uid.DeflatedExplicitVRLittleEndian:
+                ds.file_meta.TransferSyntaxUID = value
+            else:
+                ds.compress(value)
+        elif key == "truncate":
             ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
         elif key == "SOPClassUID":
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = value
@@ -75,10 +80,22 @@ def test_intake_bad_peers_and_clean_shutdown(studies, tmp_path: Path) -> None:
         order = [good[0], bad[0], good[1], bad[1], good[2], bad[2], *good[3:], ct_small]
         done = storescu(port, order, extra=["-nh"])
         assert "Association Release" in done.stderr or done.returncode in (0, 1), done.stderr
-        storescu(port, studies[1])
+        # compressed and deflated transfer syntaxes (decoders from the codecs extra / pydicom)
+        other = studies[1]
+        encoded = [
+            _variant(other[0], tmp_path / "rle.dcm", syntax=pydicom.uid.RLELossless),
+            _variant(other[1], tmp_path / "j2k.dcm", syntax=pydicom.uid.JPEG2000Lossless),
+            _variant(other[2], tmp_path / "deflated.dcm",
+                     syntax=pydicom.uid.DeflatedExplicitVRLittleEndian),
+        ]
+        assert storescu(port, [*other, *encoded]).returncode == 0
+        stored_syntaxes = {str(pydicom.dcmread(p).file_meta.TransferSyntaxUID)
+                           for p in (tmp_path / "spool" / "studies").glob("*/*.dcm")}
+        assert {pydicom.uid.RLELossless, pydicom.uid.JPEG2000Lossless,
+                pydicom.uid.DeflatedExplicitVRLittleEndian} <= stored_syntaxes
 
         state = State(tmp_path / "spool" / "state.sqlite", readonly=True)
-        expected = len(good) + len(studies[1]) + 1
+        expected = len(good) + len(studies[1]) + len(encoded) + 1
         assert state.count_instances() == expected
         assert state.count_instances(pydicom.dcmread(good[0]).StudyInstanceUID) == len(good)
         events = service.events()
@@ -103,7 +120,7 @@ def test_intake_bad_peers_and_clean_shutdown(studies, tmp_path: Path) -> None:
         wait_until(lambda: state.summary()["studies"]["scored"] == 3, 60, what="3 studies scored")
         results = state.results()
         assert sorted(r["document"] and json.loads(r["document"])["n_slices"]
-                      for r in results) == sorted([len(good), len(studies[1]), 1])
+                      for r in results) == sorted([len(good), len(other) + len(encoded), 1])
         state.close()
 
         status = subprocess.run([ICHRT, "status", "--config", str(cfg), "--json"],

@@ -146,7 +146,7 @@ def test_result_of_a_superseded_version_is_kept_but_not_sent(tmp_path: Path) -> 
     state.complete_quiet(0.0, now=2.0)
     job = state.next_job()
     state.add_instance(_rec("S", "b"), now=3.0)  # arrives while version 1 is being scored
-    rid, current = state.record_result(job, "sha", "m", {"flagged": False},
+    _, current = state.record_result(job, "sha", "m", {"flagged": False},
                                        [Outgoing("P@h:1", "sr", "1")], 0.1)
     assert not current and state.outbox() == []
     assert state.results()[0]["superseded"] == 1

@@ -42,8 +42,10 @@ Exit codes:
 @click.command("explain", epilog=EPILOG)
 @click.argument("paths", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
-@click.option("--method", type=click.Choice(METHODS), default="cam", show_default=True,
-              help="Explanation method.")
+@click.option("--method", type=click.Choice(("auto", *METHODS)), default="auto",
+              show_default=True,
+              help="Explanation method; auto = the model's lesion map when it has one (lesion), "
+                   "else cam.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created if needed).")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -95,6 +97,8 @@ def explain(
     contract = loaded.contract
     if label not in contract.labels:
         raise click.UsageError(f"--label {label!r} is not one of {', '.join(contract.labels)}")
+    if method == "auto":
+        method = "lesion" if contract.lesion_stride is not None else "cam"
     try:
         explainer = _make(method, loaded, min_size, relevance, background, cycle)
     except ExplainError as exc:
@@ -177,7 +181,9 @@ def _explain_batch(batch: list[Slice], model, explainer, out_dir: Path, label: s
     from ichrt.runtime.pipeline import window_slices
 
     tensors, boxes = window_slices(batch, model.contract)
-    outputs = model.run(tensors)
+    names = ("probs", "logits", "features") + (
+        ("lesion",) if model.contract.lesion_stride is not None else ())
+    outputs = model.run(tensors, names)
     probs = calibrate(outputs["logits"], model.contract)[:, model.contract.labels.index(label)]
     keep = np.arange(len(batch)) if cut is None else np.flatnonzero(probs >= cut)
     found = explain_slices(explainer, tensors[keep], boxes[keep],

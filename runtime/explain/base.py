@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 #: The method names accepted by ``ichrt explain --method`` and ``ichrt score --explain``.
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "hshap")
+METHODS: tuple[str, ...] = ("lesion", "cam", "gradcam", "gradcampp", "hshap")
 
 
 class ExplainError(RuntimeError):

@@ -30,10 +30,15 @@ class SliceExplanation:
 def make_explainer(method: str, model, **options: Any) -> Explainer:
     """The explainer of ``method`` for ``model`` (a LoadedModel); ``options`` go to its class.
 
-    ``cam`` needs GAP + Linear head weights in the contract, ``gradcam``/``gradcampp`` the
+    ``lesion`` needs a lesion-level model (its ``lesion`` output), ``cam`` GAP + Linear head
+    weights in the contract, ``gradcam``/``gradcampp`` the
     ``explain`` extra and the checkpoint beside the model, ``hshap`` nothing but the model
     (options: min_size, threshold, background, radii, angles, use_logits, batch_size).
     """
+    if method == "lesion":
+        from ichrt.runtime.explain.lesion import LesionExplainer
+
+        return LesionExplainer(model, **options)
     if method == "cam":
         from ichrt.runtime.explain.cam import CamExplainer
 

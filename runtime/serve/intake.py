@@ -159,7 +159,7 @@ class Intake:
         sop_class = str(request.AffectedSOPClassUID or "")
         try:
             outcome = self.store(event, calling, sop_class)
-        except Exception as exc:  # never let one instance stop the service
+        except Exception as exc:  # noqa: BLE001 - one bad instance never stops the service
             log.error("store_error", exc_info=True, calling_aet=calling, error=str(exc)[:200])
             outcome = Refusal(STATUS_CANNOT_UNDERSTAND, f"internal error: {type(exc).__name__}")
         if isinstance(outcome, Refusal):

@@ -160,7 +160,8 @@ def build_sr(finding: Finding, evidence: Any, uids: ResultUids) -> Any:
 
 
 def build_sc(
-    ref: Any, rgb: np.ndarray, uids: ResultUids, index: int, probability: float
+    ref: Any, rgb: np.ndarray, uids: ResultUids, index: int, probability: float,
+    method: str = "cam",
 ) -> Any:
     """A Secondary Capture of one flagged slice with its heat map burned in (RGB, 8 bits)."""
     hd = require("highdicom")
@@ -181,7 +182,7 @@ def build_sc(
         series_description=f"ICH heat maps - {NOT_FOR_DIAGNOSIS}"[:64],
     )
     sc.BurnedInAnnotation = "YES"
-    sc.ImageComments = (f"{NOT_FOR_DIAGNOSIS}. CAM heat map of p(any) = {probability:.3f}; "
+    sc.ImageComments = (f"{NOT_FOR_DIAGNOSIS}. Heat map ({method}) of p(any) = {probability:.3f}; "
                         f"source slice {ref.SOPInstanceUID}")[:10240]
     derivation = ref.get("SOPInstanceUID")
     if derivation:

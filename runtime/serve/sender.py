@@ -15,7 +15,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from itertools import groupby
-from typing import Any
 
 from ichrt.runtime.serve import require
 from ichrt.runtime.serve.config import Destination, ServeConfig
@@ -42,7 +41,7 @@ class Sender:
         while not self.stop_event.is_set():
             try:
                 worked = self.step()
-            except Exception as exc:  # keep sending alive; rows stay pending
+            except Exception as exc:  # noqa: BLE001 - sending must live; rows stay pending
                 log.error("sender_error", exc_info=True, error=str(exc)[:300])
                 worked = False
             if not worked:
@@ -131,7 +130,7 @@ def notify(item: OutboxItem, timeout_s: float) -> str | None:
         item.destination, data=item.payload.encode("utf-8"), method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "ichrt-serve"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             if 200 <= response.status < 300:
                 return None
             return f"HTTP {response.status}"
@@ -140,6 +139,3 @@ def notify(item: OutboxItem, timeout_s: float) -> str | None:
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return f"notification failed: {getattr(exc, 'reason', exc)}"
 
-
-def describe(items: Sequence[Any]) -> str:
-    return ", ".join(sorted({i.destination for i in items}))

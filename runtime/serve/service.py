@@ -60,7 +60,7 @@ class Service:
             from ichrt.runtime.scorer import Scorer
 
             threshold = config.threshold if config.threshold >= 0 else None
-            self.scorer = Scorer(config.model or None, threshold=threshold, explain="cam")
+            self.scorer = Scorer(config.model or None, threshold=threshold, explain="auto")
         self.intake = Intake(config, self.spool, self.state)
         self.worker = Worker(config, self.spool, self.state, self.scorer)
         self.sender = Sender(config, self.state)
@@ -188,7 +188,7 @@ def _status_server(service: Service, port: int) -> ThreadingHTTPServer:
     """``GET /healthz`` on 127.0.0.1:``port``: 200 with the health JSON, 503 when not ok."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:  # http.server's method name
             if self.path.rstrip("/") not in ("/healthz", "/status"):
                 self.send_error(404)
                 return

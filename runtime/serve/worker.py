@@ -52,7 +52,7 @@ class Worker:
         while not self.stop_event.is_set():
             try:
                 worked = self.step()
-            except Exception as exc:  # keep the worker alive; the state says what failed
+            except Exception as exc:  # noqa: BLE001 - the worker must live; logged with traceback
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("worker_error", exc_info=True, error=self.last_error[:300])
                 worked = False
@@ -72,7 +72,7 @@ class Worker:
             blank = Slice(SliceIdentity("", "", "", ""), np.full((64, 64), -1000.0, np.float32))
             tensor, _ = window_slices([blank], model.contract)
             model.run(tensor)
-        except Exception as exc:  # a warm-up problem shows again, with context, when scoring
+        except Exception as exc:  # noqa: BLE001 - a warm-up problem shows again when scoring
             log.warning("warm_up_failed", error=str(exc)[:200])
 
     def step(self) -> bool:
@@ -94,11 +94,11 @@ class Worker:
         start = time.perf_counter()
         try:
             result = self.scorer.score(list(job.paths))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure marks the study failed, with why
             log.error("scoring_failed", exc_info=True, study=key, version=job.version)
             self.state.fail_study(job, f"scoring failed: {type(exc).__name__}: {exc}")
             return
-        studies = [s for s in result.studies if s.study_uid == job.study_uid]
+        studies = [s for s in result.studies if s.study_uid == job.study_uid and s.n_slices]
         if not studies:
             reasons = sorted({r.reason for r in result.rejected})[:3]
             self.state.fail_study(job, "no slice could be scored: " + "; ".join(reasons))
@@ -109,7 +109,7 @@ class Worker:
         document, outgoing = self.make_results(job, study, result)
         seconds = time.perf_counter() - start
         document["seconds"] = round(seconds, 4)
-        rid, current = self.state.record_result(
+        _, current = self.state.record_result(
             job, result.model.sha256, result.model.name, document, outgoing, seconds)
         self.scored += 1
         fields: dict[str, Any] = {
@@ -137,7 +137,8 @@ class Worker:
         any_idx = result.labels.index("any")
         hot = sorted(
             (s for s in result.slices if s.identity.study_uid == job.study_uid
-             and s.cam is not None and s.probs[any_idx] >= result.threshold),
+             and heat_map(s, result.explain) is not None
+             and s.probs[any_idx] >= result.threshold),
             key=lambda s: -float(s.probs[any_idx]))
         hot = hot[: self.config.max_sc_images] if study.flagged else []
         uids = result_uids(job.study_uid, job.version, result.model.sha256, len(hot))
@@ -154,11 +155,11 @@ class Worker:
         objects = [(uids.sr_instance, "sr", build_sr(finding, key_ds, uids))]
         sc_uids = []
         for i, item in enumerate(hot):
-            picture = self._picture(item)
+            picture = self._picture(item, result.explain)
             if picture is None:
                 continue
             ref = dcmread(item.identity.path, stop_before_pixels=True)
-            sc = build_sc(ref, picture, uids, i, float(item.probs[any_idx]))
+            sc = build_sc(ref, picture, uids, i, float(item.probs[any_idx]), result.explain)
             objects.append((uids.sc_instances[i], "sc", sc))
             sc_uids.append(uids.sc_instances[i])
         paths = {}
@@ -189,7 +190,7 @@ class Worker:
                                      json.dumps(payload, sort_keys=True)))
         return document, outgoing
 
-    def _picture(self, item: Any) -> Any:
+    def _picture(self, item: Any, method: str) -> Any:
         from ichrt.runtime.dicom import read_or_reject
         from ichrt.runtime.serve.results import heatmap_picture
         from ichrt.runtime.slices import Slice
@@ -197,7 +198,12 @@ class Worker:
         read = read_or_reject(item.identity.path)
         if not isinstance(read, Slice):
             return None
-        return heatmap_picture(read.hu, item.cam, item.box)
+        return heatmap_picture(read.hu, heat_map(item, method), item.box)
+
+
+def heat_map(item: Any, method: str) -> Any:
+    """The map kept during scoring: the lesion map of lesion-level models, else the CAM."""
+    return getattr(item, "lesion", None) if method == "lesion" else item.cam
 
 
 def _encode(ds: Any) -> bytes:
