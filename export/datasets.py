@@ -61,21 +61,26 @@ class DataSpec:
     """One data source of a training stage: a folder, its format, and a source name.
 
     ``source`` defaults to the folder's name; samples of one source are class-balanced together
-    and reported together. ``options`` go to the loader as keyword arguments.
+    and reported together. ``options`` go to the loader as keyword arguments. ``weight`` scales
+    the source's share of the draws in an epoch (1 = its share of the rows).
     """
 
     path: str
     format: str = "rsna"
     source: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
 
     @property
     def source_name(self) -> str:
         return self.source or Path(self.path).resolve().name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "format": self.format, "source": self.source_name,
-                "options": dict(self.options)}
+        d = {"path": self.path, "format": self.format, "source": self.source_name,
+             "options": dict(self.options)}
+        if self.weight != 1.0:
+            d["weight"] = self.weight
+        return d
 
     @classmethod
     def parse(cls, text: str, default_format: str = "rsna") -> DataSpec:

@@ -136,8 +136,9 @@ def _rate_ci(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, seed: 
     return {"sensitivity": se, "specificity": sp,
             "flagged_positive": int(((p >= threshold) & (y > 0.5)).sum()), "positive": pos,
             "not_flagged_negative": int(((p < threshold) & (y <= 0.5)).sum()), "negative": neg,
-            "ci": None if ci is None else {"sensitivity": [float(v) for v in ci[0]],
-                                           "specificity": [float(v) for v in ci[1]]}}
+            "ci": None if ci is None else {  # [estimate, low, high] of each
+                "sensitivity": [float(ci[0][0]), float(ci[1][0]), float(ci[2][0])],
+                "specificity": [float(ci[0][1]), float(ci[1][1]), float(ci[2][1])]}}
 
 
 def evaluate_samples(

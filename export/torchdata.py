@@ -12,7 +12,7 @@ consumed when a run resumes mid-epoch.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -325,17 +325,20 @@ def donor_bank(store: SliceStore, limit: int = 800, sources: tuple[str, ...] | N
     return bank
 
 
-def balance_weights(store: SliceStore, mode: str = "class") -> np.ndarray | None:
+def balance_weights(store: SliceStore, mode: str = "class",
+                    shares: Mapping[str, float] | None = None) -> np.ndarray | None:
     """Sampling weight per row, or None for uniform sampling (``mode="none"``).
 
     Rows are grouped in cells (source, ``any`` label: positive / negative / unknown).
     ``"class"``: within each source every cell gets the same total weight, and each source keeps
     its share of the rows. ``"source"``: additionally every source gets the same total weight.
     Balancing within a source stops the model from reading the label off the source.
+    ``shares`` multiplies a source's total weight (e.g. 0.5 draws a large phantom set half as
+    often, so the real sources are seen more).
     """
     if mode not in BALANCE_MODES:
         raise ValueError(f"balance must be one of {BALANCE_MODES}, got {mode!r}")
-    if mode == "none" or len(store) == 0:
+    if (mode == "none" and not shares) or len(store) == 0:
         return None
     a = store.labels[:, 0]
     cells = [(s, "u" if np.isnan(v) else ("p" if v >= 0.5 else "n"))
@@ -346,8 +349,12 @@ def balance_weights(store: SliceStore, mode: str = "class") -> np.ndarray | None
     n_sources = len(per_source)
     w = np.empty(len(store), np.float64)
     for k, (src, c) in enumerate(cells):
-        total = per_source[src] if mode == "class" else len(store) / n_sources
-        w[k] = total / (cells_in_source[src] * per_cell[(src, c)])
+        if mode == "none":
+            w[k] = 1.0
+        else:
+            total = per_source[src] if mode == "class" else len(store) / n_sources
+            w[k] = total / (cells_in_source[src] * per_cell[(src, c)])
+        w[k] *= (shares or {}).get(src, 1.0)
     return w / w.sum()
 
 

@@ -147,7 +147,8 @@ class Stage:
     def from_dict(cls, d: dict[str, Any]) -> Stage:
         def specs(items: list) -> list[DataSpec]:
             return [DataSpec(path=x["path"], format=x.get("format", "rsna"),
-                             source=x.get("source", ""), options=x.get("options", {}))
+                             source=x.get("source", ""), options=x.get("options", {}),
+                             weight=float(x.get("weight", 1.0)))
                     for x in items]
         return cls(data=specs(d["data"]), epochs=int(d["epochs"]), lr=d.get("lr"),
                    val_data=specs(d.get("val_data", [])), name=d.get("name", ""))
@@ -557,8 +558,9 @@ class Trainer:
             dataset = SliceDataset(train_store, self.contract, self.augment,
                                    with_regions=cfg.loc_weight > 0 or dense, insertion=insertion,
                                    look=AppearanceConfig() if cfg.appearance else None)
+            shares = {d.source_name: d.weight for d in stage.data}
             sampler = EpochSampler(len(train_store), weights=balance_weights(train_store,
-                                                                            cfg.balance),
+                                                                            cfg.balance, shares),
                                    seed=(cfg.seed, s))
             steps_per_epoch = math.ceil(len(train_store) / cfg.batch_size)
             opt, sched = self._optimizer(stage, steps_per_epoch * stage.epochs)

@@ -1,7 +1,8 @@
 """The lean runtime: ``ichrt.runtime`` and its CLI never import the training stack.
 
 Each check runs a fresh interpreter as on a lean install: a ``sitecustomize`` makes torch,
-torchvision, PIL, cv2, scipy and sklearn unimportable and records who tried to import them.
+torchvision, PIL, cv2, scipy, sklearn and the web packages (starlette, jinja2, uvicorn,
+selenium) unimportable and records who tried to import them.
 
 * Every module under ``ichrt.runtime`` is walked and imported, nothing skipped: torch-only
   features (Grad-CAM in ``ichrt.runtime.explain.gradcam``) import torch inside the functions
@@ -28,8 +29,10 @@ import pytest
 
 from ichrt.runtime.cli import COMMANDS
 
-#: Packages the lean runtime must not import.
-HEAVY = ("torch", "torchvision", "PIL", "cv2", "scipy", "sklearn")
+#: Packages the lean runtime must not import (the web packages of the ``ui`` extra among them:
+#: ``ichrt.runtime.ui`` imports them only when a page is served).
+HEAVY = ("torch", "torchvision", "PIL", "cv2", "scipy", "sklearn",
+         "starlette", "jinja2", "uvicorn", "selenium")
 #: (heavy package, importing package) probes that runtime dependencies make on their own.
 THIRD_PARTY_PROBES = frozenset({("PIL", "pydicom"), ("scipy", "numba")})
 #: Subcommands implemented in the lean runtime.

@@ -6,7 +6,7 @@
 * Faults: Orthanc down then up (results arrive after retry); ``kill -9`` during intake, scoring
   and sending, then restart: every acknowledged instance is kept, each study version is scored
   once, each result arrives once.
-* Load: 8 concurrent associations, nothing lost or duplicated.
+* Load: 8 concurrent associations of 40-slice studies, nothing lost or duplicated.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pydicom
 import pytest
@@ -92,7 +93,7 @@ def _srs(orthanc: Orthanc) -> list[dict]:
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
     def do_POST(self) -> None:  # http.server's method name
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -258,8 +259,12 @@ def test_kill9_during_intake_and_scoring(studies, orthanc, tmp_path):
 
 @pytest.mark.slow
 def test_load_eight_concurrent_associations(orthanc, tmp_path):
-    studies = phantom_studies(tmp_path / "load", 8, seed=31, slices=10, prevalence=0.25)
-    service = _service(tmp_path, orthanc.destination, max_associations=8).start()
+    studies = phantom_studies(tmp_path / "load", 8, seed=31, slices=40, size=64,
+                              prevalence=0.25)
+    # (a longer quiet period: under load a pause inside an association must not complete a
+    # study early; if it did, the later instances would re-score it, which is also checked)
+    service = _service(tmp_path, orthanc.destination, max_associations=8,
+                       quiet_period_s=2.0).start()
     try:
         senders = [storescu_async(service.port, files) for files in studies]
         outputs = [s.communicate(timeout=120)[0] for s in senders]
@@ -268,11 +273,14 @@ def test_load_eight_concurrent_associations(orthanc, tmp_path):
         n = sum(len(s) for s in studies)
         assert state.count_instances() == n
         wait_until(lambda: state.summary()["studies"]["sent"] == 8, 90, what="8 studies sent")
-        assert len(state.results()) == 8
+        current = [json.loads(r["document"]) for r in state.results() if not r["superseded"]]
+        assert sorted(d["n_slices"] for d in current) == [40] * 8
         assert state.summary()["instances_received"] == n  # nothing stored twice
         sops = Counter(_sop(i) for i in orthanc.instances())
         assert max(sops.values()) == 1
-        assert len(_srs(orthanc)) == 8
+        sent = {o["sop_uid"] for o in state.outbox() if o["status"] == "sent"}
+        assert set(sops) == sent
+        assert {d["sr_sop_instance_uid"] for d in current} <= {_sop(i) for i in _srs(orthanc)}
         state.close()
     finally:
         assert service.terminate() == 0

@@ -194,5 +194,21 @@ def test_status_command_reads_the_state(tmp_path: Path) -> None:
     assert done.exit_code == 0, done.output
     doc = json.loads(done.output)
     assert doc["studies"]["receiving"] == 1 and doc["instances"] == 1
-    text = runner.invoke(main, ["status", "--spool", str(tmp_path)])
+    text = runner.invoke(main, ["status", "--spool", str(tmp_path), "--studies", "5"])
     assert "receiving 1" in text.output
+    assert f"{uid_key('S')}  receiving  v1     1 instances" in text.output
+    listed = json.loads(runner.invoke(main, ["status", "--spool", str(tmp_path), "--json",
+                                             "--studies", "5"]).output)["recent_studies"]
+    assert [s["study"] for s in listed] == [uid_key("S")]
+
+
+def test_serve_command_usage_errors(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ichrt.runtime.cli import main
+
+    runner = CliRunner()
+    bad_dest = runner.invoke(main, ["serve", "--spool", str(tmp_path), "--destination", "nope"])
+    assert bad_dest.exit_code == 2 and "AET@HOST:PORT" in bad_dest.output
+    bad_file = runner.invoke(main, ["serve", "--config", str(_toml(tmp_path, "[serve]\nx = 1\n"))])
+    assert bad_file.exit_code == 2 and "unknown key" in bad_file.output

@@ -98,9 +98,11 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--retry-failed", is_flag=True,
               help="Queue every result that gave up sending again.")
+@click.option("--studies", "n_studies", type=click.IntRange(0), default=0,
+              help="Also list the N most recent studies (key, status, version, slices, times).")
 @click.pass_context
 def status(ctx: click.Context, config_file: Path | None, spool: Path | None, as_json: bool,
-           retry_failed: bool) -> None:
+           retry_failed: bool, n_studies: int) -> None:
     """Show what the edge service holds: studies by status, results, sending queue, errors."""
     from ichrt.runtime.serve.state import State
 
@@ -114,9 +116,13 @@ def status(ctx: click.Context, config_file: Path | None, spool: Path | None, as_
             n = state.retry_failed()
             click.echo(f"{n} result(s) queued again", err=True)
         summary = state.summary()
+        recent = state.studies(limit=n_studies) if n_studies else []
     finally:
         state.close()
+    rows = [_study_row(s) for s in recent]
     if as_json:
+        if n_studies:
+            summary["recent_studies"] = rows
         click.echo(json.dumps(summary, indent=2, default=str))
         ctx.exit(EXIT_OK)
     s, o = summary["studies"], summary["outbox"]
@@ -129,5 +135,27 @@ def status(ctx: click.Context, config_file: Path | None, spool: Path | None, as_
                    f"tries ({err['status']}): {err['last_error']}")
     for study in summary["failed_studies"]:
         click.echo(f"failed study {study['study_key']} v{study['version']}: {study['error']}")
+    for row in rows:
+        click.echo(f"{row['study']}  {row['status']:<9}  v{row['version']}  "
+                   f"{row['instances']:>4} instances  last {row['last']}"
+                   + (f"  scored in {row['turnaround_s']} s" if row["turnaround_s"] else "")
+                   + (f"  error: {row['error']}" if row["error"] else ""))
     sys.stdout.flush()
     ctx.exit(EXIT_OK)
+
+
+def _study_row(study: dict) -> dict:
+    """One study for ``ichrt status --studies``: its key (not its UID), never patient data."""
+    import datetime as dt
+
+    def when(t: float | None) -> str | None:
+        return None if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+
+    scored = study["scored_at"]
+    return {"study": study["study_key"], "status": study["status"], "version": study["version"],
+            "instances": study["n_instances"], "first": when(study["first_at"]),
+            "last": when(study["last_at"]), "scored": when(scored), "sent": when(study["sent_at"]),
+            "turnaround_s": (round(scored - study["last_at"], 2)
+                             if scored and scored >= study["last_at"] else None),
+            "error": study["error"]}

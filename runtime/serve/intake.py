@@ -111,7 +111,7 @@ class Intake:
         if self.config.allowed_calling_aets:
             ae.require_calling_aet = list(self.config.allowed_calling_aets)
         ae.add_supported_context(Verification)
-        for cx in pynetdicom.StoragePresentationContexts:
+        for cx in pynetdicom.AllStoragePresentationContexts:
             if cx.abstract_syntax != CT_IMAGE_STORAGE:
                 ae.add_supported_context(cx.abstract_syntax, list(NATIVE_SYNTAXES[:2]))
         ae.add_supported_context(CT_IMAGE_STORAGE, ct_transfer_syntaxes())

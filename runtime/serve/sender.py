@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import groupby
 
 from ichrt.runtime.serve import require
@@ -59,8 +59,7 @@ class Sender:
                 for item in batch:
                     self._settle(item, notify(item, self.config.notify.timeout_s))
             elif destination in self.destinations:
-                for item, error in zip(batch, self.store(self.destinations[destination], batch)):
-                    self._settle(item, error)
+                self.store(self.destinations[destination], batch, self._settle)
             else:
                 for item in batch:  # a destination removed from the config since
                     self.state.mark_failed(item, "destination no longer configured", None)
@@ -83,8 +82,11 @@ class Sender:
                     retry_in_s=round(retry_at - time.time(), 1) if retry_at else None,
                     gave_up=retry_at is None, **fields)
 
-    def store(self, dest: Destination, items: Sequence[OutboxItem]) -> list[str | None]:
-        """C-STORE ``items`` to ``dest`` in one association; an error (or None) per item."""
+    def store(self, dest: Destination, items: Sequence[OutboxItem],
+              settle: Callable[[OutboxItem, str | None], None]) -> None:
+        """C-STORE ``items`` to ``dest`` in one association; ``settle(item, error or None)``
+        right after each answer, so that a crash mid-batch resends only what was not
+        acknowledged."""
         pynetdicom = require("pynetdicom")
         from pydicom import dcmread
 
@@ -97,31 +99,30 @@ class Sender:
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else (
                 "association aborted" if assoc.is_aborted else "peer unreachable")
-            return [f"{why} by {dest.key}"] * len(items)
-        errors: list[str | None] = []
+            for item in items:
+                settle(item, f"{why} by {dest.key}")
+            return
         try:
             for item in items:
-                if not assoc.is_established:
-                    errors.append(f"association to {dest.key} lost")
-                    continue
+                if self.stop_event.is_set() or not assoc.is_established:
+                    break  # the rest stays pending: next round or next start
                 try:
                     ds = dcmread(item.path)
                 except (OSError, ValueError) as exc:
-                    errors.append(f"cannot read the result file: {exc}")
+                    settle(item, f"cannot read the result file: {exc}")
                     continue
                 status = assoc.send_c_store(ds)
                 code = getattr(status, "Status", None)
                 if code is None:
-                    errors.append(f"no response from {dest.key} (timeout or abort)")
+                    settle(item, f"no response from {dest.key} (timeout or abort)")
                 elif code == 0x0000 or 0xB000 <= code <= 0xBFFF:  # success or warning
-                    errors.append(None)
+                    settle(item, None)
                 else:
                     comment = str(status.get("ErrorComment", ""))
-                    errors.append(f"{dest.key} answered 0x{code:04X} {comment}".strip())
+                    settle(item, f"{dest.key} answered 0x{code:04X} {comment}".strip())
         finally:
             if assoc.is_established:
                 assoc.release()
-        return errors
 
 
 def notify(item: OutboxItem, timeout_s: float) -> str | None:

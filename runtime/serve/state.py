@@ -415,9 +415,15 @@ class State:
             "failed_studies": failed,
         }
 
-    def studies(self) -> list[dict[str, Any]]:
+    def studies(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Studies, oldest first (``limit``: the most recent ones only, still oldest first)."""
         with self._lock:
-            return [dict(r) for r in self._db.execute("SELECT * FROM studies ORDER BY first_at")]
+            if limit is None:
+                rows = self._db.execute("SELECT * FROM studies ORDER BY first_at")
+                return [dict(r) for r in rows]
+            rows = self._db.execute("SELECT * FROM studies ORDER BY last_at DESC LIMIT ?",
+                                    (limit,))
+            return [dict(r) for r in rows][::-1]
 
     def results(self, study_uid: str | None = None) -> list[dict[str, Any]]:
         with self._lock:

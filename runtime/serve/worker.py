@@ -72,6 +72,7 @@ class Worker:
             blank = Slice(SliceIdentity("", "", "", ""), np.full((64, 64), -1000.0, np.float32))
             tensor, _ = window_slices([blank], model.contract)
             model.run(tensor)
+            _warm_result_writers()
         except Exception as exc:  # noqa: BLE001 - a warm-up problem shows again when scoring
             log.warning("warm_up_failed", error=str(exc)[:200])
 
@@ -213,3 +214,24 @@ def _encode(ds: Any) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def _warm_result_writers() -> None:
+    """Build a throw-away SR and SC: highdicom's imports and its tables of the standard take
+    about half a second the first time, which would otherwise delay the first study's result."""
+    import numpy as np
+    from pydicom.dataset import Dataset
+
+    from ichrt.runtime.serve.results import Finding, build_sc, build_sr, result_uids
+
+    ref = Dataset()
+    ref.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ref.StudyInstanceUID, ref.SeriesInstanceUID, ref.SOPInstanceUID = "1.2.3", "1.2.3.4", "1.2.3.5"
+    ref.PatientID, ref.PatientName, ref.PatientBirthDate, ref.PatientSex = "", "", "", ""
+    ref.StudyDate, ref.StudyTime, ref.StudyID, ref.AccessionNumber = "20000101", "000000", "", ""
+    ref.ReferringPhysicianName, ref.Modality = "", "CT"
+    uids = result_uids("1.2.3", 1, "0" * 64, 1)
+    finding = Finding("1.2.3", 1, True, {"any": 1.0}, 0.5, "1.2.3.5", 1, "warm-up", "0", "0" * 64,
+                      1.0)
+    build_sr(finding, ref, uids)
+    build_sc(ref, np.zeros((16, 16, 3), np.uint8), uids, 0, 1.0)
