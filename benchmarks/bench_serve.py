@@ -51,9 +51,9 @@ INTAKE_SIZE = 256
 LATENCY_SLICES = 40
 LATENCY_SIZE = 512
 LATENCY_QUIET = 1.0
-#: Rounds x studies of the memory benchmark: 3 x 20 in CI; ICHRT_BENCH_SERVE_STUDIES=200 gives
+#: Rounds x studies of the memory benchmark: 3 x 10 in CI; ICHRT_BENCH_SERVE_STUDIES=200 gives
 #: 4 rounds of 50 (the figure in the README).
-MEMORY_TOTAL = int(os.environ.get("ICHRT_BENCH_SERVE_STUDIES", "60"))
+MEMORY_TOTAL = int(os.environ.get("ICHRT_BENCH_SERVE_STUDIES", "30"))
 MEMORY_ROUNDS = 3 if MEMORY_TOTAL <= 60 else 4
 MEMORY_STUDIES = max(1, MEMORY_TOTAL // MEMORY_ROUNDS)
 

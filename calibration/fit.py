@@ -139,14 +139,17 @@ def calibrate_on_studies(
     fit_study_model: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
+    min_real_positives: int = 20,
 ) -> CalibrationResult:
     """Temperatures, study model and the study-level ``any`` threshold from validation parts.
 
     ``parts`` (:class:`~ichrt.calibration.studyfit.ValidationPart`) hold raw logits of held-out
     real sources and phantoms. Temperatures are fitted on every slice of every part; the study
     model (:mod:`ichrt.runtime.studymodel`) on the whole studies (parts with ``whole_studies``);
-    the ``any`` threshold is the highest one that reaches ``target_sensitivity`` on the whole
-    studies of **each** such part separately (so neither phantoms nor real studies fall short).
+    the ``any`` threshold is the highest one that reaches ``target_sensitivity`` on the real
+    whole studies when they hold at least ``min_real_positives`` positive studies, else on all
+    whole studies pooled (real and phantom). The threshold each part alone would need is
+    reported beside it.
     Subtype thresholds: slice level on all slices. Every part is reported with bootstrap
     intervals, study level where it has whole studies, else slice level.
     """
@@ -185,7 +188,16 @@ def calibrate_on_studies(
     if not chosen:
         raise ValueError("no validation part has positive and negative whole studies: "
                          "cannot choose the study-level threshold")
-    threshold = float(min(chosen.values()))
+    # On real whole studies when they hold enough positives for the target to mean something;
+    # else on every whole study pooled (real and phantom), which the target must reach together.
+    real = [p for p in whole if p.real and p.source in chosen]
+    n_real_pos = sum(int(np.nansum(series[p.source][2] > 0.5)) for p in real)
+    pool = real if n_real_pos >= min_real_positives else [p for p in whole if p.source in chosen]
+    y_pool = np.concatenate([series[p.source][2] for p in pool])
+    p_pool = np.concatenate([p_study[p.source] for p in pool])
+    keep = ~np.isnan(y_pool)
+    threshold = float(threshold_for_sensitivity(y_pool[keep], p_pool[keep], target_sensitivity))
+    chosen_on = [p.source for p in pool]
 
     sub = target_sensitivity if subtype_sensitivity is None else subtype_sensitivity
     groups = np.concatenate([[f"{p.source}:{g}" for g in p.groups] for p in parts])
@@ -236,6 +248,7 @@ def calibrate_on_studies(
         metrics={**parent.metrics, "calibration": jsonable(
             {"calibrated_on": calibrated_on, "parts": per_part, "labels": per_label,
              "threshold_any": threshold, "thresholds_per_part": chosen,
+             "threshold_chosen_on": chosen_on,
              "study_model": study_model, **settings})},
     )
     out_sha = write_model(load_onnx(model_path), contract, out, parent_path=model_path)
@@ -244,7 +257,8 @@ def calibrate_on_studies(
         "out": {"path": str(out), "sha256": out_sha, "name": contract.name},
         "settings": settings, "data": calibrated_on, "temperatures": temperatures,
         "thresholds": dict(contract.thresholds), "threshold_any": threshold,
-        "thresholds_per_part": chosen, "study_model": study_model, "parts": per_part,
+        "thresholds_per_part": chosen, "threshold_chosen_on": chosen_on,
+        "study_model": study_model, "parts": per_part,
         "labels": per_label, "rejected": [],
     }
     return CalibrationResult(report, labels, before, after, names, [])

@@ -214,6 +214,22 @@ def accuracy_gate(auc_reference: float, auc_candidate: float, max_drop: float = 
     return bool(auc_reference - auc_candidate <= max_drop + 1e-12)
 
 
+def map_outputs(contract: ModelContract) -> tuple[str, ...]:
+    """The model outputs :func:`explanation_maps` needs."""
+    return ("lesion",) if contract.lesion_stride is not None else (FEATURES,)
+
+
+def explanation_maps(outputs: dict[str, np.ndarray], contract: ModelContract) -> np.ndarray:
+    """(N, h, w) maps of the model's default explanation from its outputs."""
+    if contract.lesion_stride is not None:
+        from ichrt.runtime.lesion import lesion_probabilities
+
+        return lesion_probabilities(outputs["lesion"])
+    from ichrt.runtime.explain.cam import cam_maps
+
+    return cam_maps(outputs[FEATURES], contract)
+
+
 @dataclass
 class CamAgreement:
     """Running agreement of ``any`` CAM maps between the FP32 model and a candidate."""
@@ -222,11 +238,11 @@ class CamAgreement:
     peaks_equal: int = 0
     slices: int = 0
 
-    def add(self, ref_features: np.ndarray, features: np.ndarray, contract: ModelContract
-            ) -> None:
-        from ichrt.runtime.explain.cam import cam_maps
-
-        ref, cand = cam_maps(ref_features, contract), cam_maps(features, contract)
+    def add(self, ref_out: dict[str, np.ndarray], out: dict[str, np.ndarray],
+            contract: ModelContract) -> None:
+        """Compare the default explanation maps: the lesion map of lesion-level models, else
+        CAM (from ``features``)."""
+        ref, cand = explanation_maps(ref_out, contract), explanation_maps(out, contract)
         for r, c in zip(ref.reshape(len(ref), -1), cand.reshape(len(cand), -1)):
             self.slices += 1
             self.peaks_equal += int(np.argmax(r) == np.argmax(c))
@@ -340,9 +356,10 @@ def compare_candidates(
         if not timing_batch:
             timing_batch.append(batch.tensor)
         for name in candidates:
-            cams[name].add(outs["fp32"][FEATURES], outs[name][FEATURES], contract)
+            cams[name].add(outs["fp32"], outs[name], contract)
 
-    preds = predict(models, files, contract, batch_size, outputs=("logits", FEATURES),
+    preds = predict(models, files, contract, batch_size,
+                    outputs=("logits", *map_outputs(contract)),
                     on_batch=on_batch, progress=progress)
     if not preds.identities:
         raise DatasetError("no held-out slice could be read: cannot check the INT8 accuracy")

@@ -16,8 +16,13 @@ case "${1:-main}" in
       --target-sensitivity 0.95 --out runtime/models/default.onnx --bootstrap 1000 \
       --report docs/eval/calibration-default.json --picture docs/reliability.png
     cp "$run/model.pt" runtime/models/default.pt   # Grad-CAM twin (same graph)
+    # Every candidate compared (report only), then the shipped one: MinMax / U8S8 with reduce_range
+    # (saturation-safe on AVX2-only CPUs, the smallest probability change of the safe ones).
     ichrt calibrate quantize runtime/models/default.onnx --data data/ph-train --holdout data/ph-val \
-      --out runtime/models/default-int8.onnx --compare --report docs/eval/quantize-default.json
+      --out runs/lesion/int8-compare.onnx --compare --report docs/eval/quantize-default-compare.json
+    ichrt calibrate quantize runtime/models/default.onnx --data data/ph-train --holdout data/ph-val \
+      --out runtime/models/default-int8.onnx --method minmax --format u8s8-rr \
+      --report docs/eval/quantize-default.json
     for m in default default-int8; do
       python -m ichrt.export.lesion_eval runtime/models/$m.onnx --realtrain "$REAL" \
         --phantoms data/ph-test --realct ../shared/realct --json docs/eval/lesion-$m.json > /dev/null

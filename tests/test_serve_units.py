@@ -14,6 +14,9 @@ from ichrt.runtime.serve.config import ConfigError, Destination, Retry, load_con
 from ichrt.runtime.serve.spool import Spool, uid_key, write_durably
 from ichrt.runtime.serve.state import InstanceRecord, Job, Outgoing, State
 
+# the phantoms carry RSNA-style "ID_..." UIDs, as the RSNA 2019 data do
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+
 
 def _toml(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "ichrt.toml"
@@ -140,6 +143,17 @@ def test_state_lifecycle_versions_and_outbox(tmp_path: Path) -> None:
     state.close()
 
 
+def test_failed_scoring_can_be_queued_again(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.sqlite")
+    state.add_instance(_rec("S", "a"), now=1.0)
+    state.complete_quiet(0.0, now=2.0)
+    job = state.next_job()
+    state.fail_study(job, "scoring failed: boom")
+    assert state.studies()[0]["status"] == "failed" and state.next_job() is None
+    assert state.retry_failed() == 1
+    assert state.next_job() == job and state.studies()[0]["error"] is None
+
+
 def test_result_of_a_superseded_version_is_kept_but_not_sent(tmp_path: Path) -> None:
     state = State(tmp_path / "state.sqlite")
     state.add_instance(_rec("S", "a"), now=1.0)
@@ -212,3 +226,131 @@ def test_serve_command_usage_errors(tmp_path: Path) -> None:
     assert bad_dest.exit_code == 2 and "AET@HOST:PORT" in bad_dest.output
     bad_file = runner.invoke(main, ["serve", "--config", str(_toml(tmp_path, "[serve]\nx = 1\n"))])
     assert bad_file.exit_code == 2 and "unknown key" in bad_file.output
+
+
+def test_sr_and_sc_content_without_a_network(tmp_path: Path) -> None:
+    """The SR carries the finding, probabilities, volume, key slice and model; the SC is an RGB
+    picture in its own series of the same study, with the annotation burned in."""
+    import numpy as np
+    import pydicom
+    from serve_helpers import phantom_studies
+
+    from ichrt.runtime.serve.results import Finding, build_sc, build_sr, result_uids
+
+    (files,) = phantom_studies(tmp_path / "ph", 1, seed=3, slices=2, size=64, prevalence=1.0)
+    ref = pydicom.dcmread(files[0], stop_before_pixels=True)
+    uids = result_uids(ref.StudyInstanceUID, 2, "ab" * 32, 1)
+    finding = Finding(ref.StudyInstanceUID, 2, True, {"any": 0.97, "subdural": 0.9}, 0.5,
+                      ref.SOPInstanceUID, 2, "model-x", "ichrt 0.1.0", "ab" * 32, 12.5)
+    sr = build_sr(finding, ref, uids)
+    assert (sr.StudyInstanceUID, sr.SOPInstanceUID) == (ref.StudyInstanceUID, uids.sr_instance)
+    assert sr.SeriesInstanceUID == uids.sr_series != ref.SeriesInstanceUID
+    assert "NOT FOR DIAGNOSTIC USE" in sr.SeriesDescription
+    items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in sr.ContentSequence}
+    assert items["Suspected intracranial hemorrhage"].ConceptCodeSequence[0].CodeValue == \
+        "373066001"
+    volume = items["Volume"].MeasuredValueSequence[0]
+    assert float(volume.NumericValue) == 12.5
+    assert volume.MeasurementUnitsCodeSequence[0].CodeValue == "mL"
+    assert float(items["Probability of subdural hemorrhage"].MeasuredValueSequence[0]
+                 .NumericValue) == pytest.approx(0.9)
+    assert items["Key slice (highest probability of hemorrhage)"].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == ref.SOPInstanceUID
+    assert items["Model SHA-256"].TextValue == "ab" * 32
+    assert "PatientName" not in sr or str(sr.PatientName) == str(ref.get("PatientName", ""))
+    no_volume = build_sr(Finding(**{**finding.__dict__, "volume_ml": None}), ref, uids)
+    assert "Volume" not in {i.ConceptNameCodeSequence[0].CodeMeaning
+                            for i in no_volume.ContentSequence}
+
+    rgb = np.zeros((64, 64, 3), np.uint8)
+    rgb[10:20, 10:20] = (255, 0, 0)
+    sc = build_sc(ref, rgb, uids, 0, 0.97)
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    assert (sc.StudyInstanceUID, sc.SeriesInstanceUID) == (ref.StudyInstanceUID, uids.sc_series)
+    assert sc.BurnedInAnnotation == "YES" and sc.PhotometricInterpretation == "RGB"
+    assert np.array_equal(sc.pixel_array, rgb)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ref.SOPInstanceUID
+
+
+def test_burned_label_marks_the_picture() -> None:
+    import numpy as np
+
+    from ichrt.runtime.serve.results import LABEL_RGB, burn_label
+
+    picture = np.full((512, 512, 3), 90, np.uint8)
+    marked = burn_label(picture)
+    strip = marked[:18]
+    assert (strip == LABEL_RGB).all(axis=-1).sum() > 500  # the letters (scale 2)
+    assert np.array_equal(marked[18:], picture[18:]) and picture.max() == 90  # copy
+    assert np.array_equal(burn_label(picture[:40, :40]), picture[:40, :40])  # too small: as is
+
+
+def test_start_up_recovery_indexes_orphans_and_clears_tmp(tmp_path: Path) -> None:
+    """A crash after the rename but before the commit leaves a spooled file the state does not
+    know: start-up indexes it (a junk file there is removed); tmp/ is emptied."""
+    import shutil
+
+    import pydicom
+    from serve_helpers import phantom_studies
+
+    from ichrt.runtime.serve.config import load_config
+    from ichrt.runtime.serve.service import Service
+
+    (files,) = phantom_studies(tmp_path / "ph", 1, seed=4, slices=2, size=32, prevalence=0.0)
+    cfg = load_config(None, spool=tmp_path / "spool")
+    service = Service(cfg)
+    service.spool = Spool(cfg.spool)
+    service.state = State(cfg.db_path)
+    ds = pydicom.dcmread(files[0])
+    orphan = service.spool.instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID,
+                                         ds.SOPInstanceUID)
+    orphan.parent.mkdir(parents=True)
+    shutil.copyfile(files[0], orphan)
+    junk = orphan.with_name("junk.dcm")
+    junk.write_bytes(b"not dicom")
+    (service.spool.tmp / "half.part").write_bytes(b"half")
+    service.recover()
+    assert service.state.count_instances(ds.StudyInstanceUID) == 1
+    assert not junk.exists() and not list(service.spool.tmp.iterdir())
+    service.recover()  # idempotent
+    assert service.state.count_instances() == 1
+    service.state.close()
+
+
+def test_serve_mounts_the_worklist_page_on_http_port(tmp_path: Path, tiny_model) -> None:
+    """``http_port`` serves the worklist page over the service's own state (ichrt[ui])."""
+    import urllib.error
+    import urllib.request
+
+    from serve_helpers import free_port
+
+    from ichrt.runtime.scorer import Scorer
+    from ichrt.runtime.serve.service import Service
+
+    port = free_port()
+    cfg = load_config(None, spool=tmp_path / "spool", port=0, http_port=port,
+                      http_token="s3cret", http_host="127.0.0.1")
+    service = Service(cfg, scorer=Scorer(tiny_model[0])).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10)
+        assert refused.value.code == 401
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/",
+                                     headers={"X-Ichrt-Token": "s3cret"})
+        page = urllib.request.urlopen(req, timeout=10).read().decode()
+        assert "tiny-test-model" in page
+    finally:
+        service.stop(drain_s=0)
+    assert service.ui is None
+
+
+def test_serve_refuses_a_public_page_without_a_token(tmp_path: Path, tiny_model) -> None:
+    from ichrt.runtime.scorer import Scorer
+    from ichrt.runtime.serve.service import Service
+
+    cfg = load_config(None, spool=tmp_path / "spool", port=0, http_port=1,
+                      http_host="0.0.0.0")
+    service = Service(cfg, scorer=Scorer(tiny_model[0]))
+    with pytest.raises(ValueError, match="token"):
+        service.start()
+    service.stop(drain_s=0)

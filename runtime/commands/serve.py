@@ -59,13 +59,18 @@ def _config(config_file: Path | None, **overrides: object):
               help="p(any) that flags a study [the model's own].")
 @click.option("--status-port", type=click.IntRange(0, 65535),
               help="Serve GET /healthz on 127.0.0.1:PORT (0 = off).")
+@click.option("--http-port", type=click.IntRange(0, 65535),
+              help="Serve the worklist page on this port (needs ichrt[ui]; 0 = off).")
+@click.option("--http-host", help="Address of the worklist page [127.0.0.1]; any other needs "
+                                  "http_token in the config file.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="debug logs every stored instance [info].")
 @click.pass_context
 def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: str | None,
           ae_title: str | None, spool: Path | None, destinations: tuple[str, ...],
           allowed: tuple[str, ...], quiet_period: float | None, model: str | None,
-          threshold: float | None, status_port: int | None, log_level: str | None) -> None:
+          threshold: float | None, status_port: int | None, http_port: int | None,
+          http_host: str | None, log_level: str | None) -> None:
     """Receive head CT over DICOM, score each study, send SR and heat maps back to PACS."""
     from ichrt.runtime.serve import ServeExtraMissing
     from ichrt.runtime.serve.logs import log, setup_logging
@@ -75,12 +80,15 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
                      destinations=list(destinations) or None,
                      allowed_calling_aets=list(allowed) or None, quiet_period_s=quiet_period,
                      model=model, threshold=threshold, status_port=status_port,
-                     log_level=log_level)
+                     http_port=http_port, http_host=http_host, log_level=log_level)
     setup_logging(config.log_level)
     service = Service(config)
     try:
         service.start()
     except ServeExtraMissing as exc:
+        raise click.UsageError(str(exc)) from None
+    except (ImportError, ValueError) as exc:  # no ichrt[ui], or a public page without a token
+        service.stop(drain_s=0)
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
         log.error("serve_failed", error=str(exc))
@@ -97,7 +105,8 @@ def serve(ctx: click.Context, config_file: Path | None, port: int | None, host: 
               help="The service's spool folder (instead of, or overriding, --config).")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option("--retry-failed", is_flag=True,
-              help="Queue every result that gave up sending again.")
+              help="Queue again every result that gave up sending and every study whose "
+                   "scoring failed (the running service picks them up).")
 @click.option("--studies", "n_studies", type=click.IntRange(0), default=0,
               help="Also list the N most recent studies (key, status, version, slices, times).")
 @click.pass_context
@@ -114,7 +123,7 @@ def status(ctx: click.Context, config_file: Path | None, spool: Path | None, as_
     try:
         if retry_failed:
             n = state.retry_failed()
-            click.echo(f"{n} result(s) queued again", err=True)
+            click.echo(f"{n} result(s) or study(ies) queued again", err=True)
         summary = state.summary()
         recent = state.studies(limit=n_studies) if n_studies else []
     finally:

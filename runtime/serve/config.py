@@ -16,6 +16,9 @@ Example (every key optional; the values shown are the defaults)::
     log_ids = false               # log AccessionNumber (never patient names)
     log_level = "info"            # debug logs every stored instance
     status_port = 0               # HTTP /healthz on 127.0.0.1; 0 = off
+    http_port = 0                 # the worklist page (ichrt[ui]); 0 = off
+    http_host = "127.0.0.1"       # elsewhere than loopback it needs http_token
+    http_token = ""               # token the page asks for (header, cookie or ?token= once)
 
     [[destinations]]              # where the SR and SC results go (C-STORE)
     ae_title = "PACS"
@@ -117,6 +120,9 @@ class ServeConfig:
     log_ids: bool = False
     log_level: str = "info"
     status_port: int = 0
+    http_port: int = 0
+    http_host: str = "127.0.0.1"
+    http_token: str = ""
     destinations: tuple[Destination, ...] = ()
     notify: Notify = field(default_factory=Notify)
     retry: Retry = field(default_factory=Retry)
@@ -126,6 +132,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         check_ae_title(self.ae_title, "ae_title")
         check_port(self.port, "port", allow_zero=True)
+        check_port(self.http_port, "http_port", allow_zero=True)
         for aet in self.allowed_calling_aets:
             check_ae_title(aet, "allowed calling AE title")
         if self.max_associations < 1:
@@ -158,7 +165,8 @@ class ServeConfig:
             "model": self.model, "threshold": self.threshold,
             "max_sc_images": self.max_sc_images, "log_ids": self.log_ids,
             "log_level": self.log_level,
-            "status_port": self.status_port,
+            "status_port": self.status_port, "http_port": self.http_port,
+            "http_host": self.http_host,
             "destinations": [d.key for d in self.destinations],
             "notify": bool(self.notify.url), "retry": vars(self.retry),
         }

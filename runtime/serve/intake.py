@@ -21,6 +21,7 @@ Compressed transfer syntaxes are offered only when pydicom has a decoder for the
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,10 +198,13 @@ class Intake:
                 return Refusal(STATUS_OUT_OF_RESOURCES, f"cannot write to the spool: {exc}")
         finally:
             tmp.unlink(missing_ok=True)
-        new = self.state.add_instance(InstanceRecord(
-            study_uid=ident.study_uid, series_uid=ident.series_uid, sop_uid=ident.sop_uid,
-            sop_class=sop_class, path=str(path), size=size, calling_aet=calling,
-            accession=ident.accession_number))
+        try:
+            new = self.state.add_instance(InstanceRecord(
+                study_uid=ident.study_uid, series_uid=ident.series_uid, sop_uid=ident.sop_uid,
+                sop_class=sop_class, path=str(path), size=size, calling_aet=calling,
+                accession=ident.accession_number))
+        except sqlite3.Error as exc:  # the file stays: the next start indexes it
+            return Refusal(STATUS_OUT_OF_RESOURCES, f"cannot record the instance: {exc}")
         self.stored += 1
         fields: dict[str, Any] = {"calling_aet": calling, "study": uid_key(ident.study_uid),
                                   "bytes": size, "new": new}

@@ -2,7 +2,7 @@
 
 Fields are passed explicitly (``log.info("stored", study=key, aet=...)``); the service logs study
 *keys* (the hash that names the spool folder) rather than UIDs, AccessionNumber only when the
-configuration says ``log_ids = true``, and never reads PatientName at all.
+configuration says ``log_ids = true``, and never a patient name (no log call is given one).
 """
 
 from __future__ import annotations

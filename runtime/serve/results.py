@@ -196,9 +196,52 @@ def build_sc(
 
 
 def heatmap_picture(hu: np.ndarray, cam: np.ndarray, box: Sequence[int]) -> np.ndarray:
-    """The runtime's own overlay (brain window, jet heat map, Otsu contour) as (H, W, 3) uint8."""
+    """The runtime's own overlay (brain window, jet heat map, Otsu contour) as (H, W, 3) uint8,
+    with "NOT FOR DIAGNOSTIC USE" burned into a strip at the top."""
     from ichrt.runtime.explain.base import normalize, to_slice
     from ichrt.runtime.explain.overlay import overlay_rgb
 
     heat = normalize(to_slice(np.asarray(cam, np.float32), tuple(box), hu.shape))
-    return overlay_rgb(hu, heat)
+    return burn_label(overlay_rgb(hu, heat))
+
+
+#: A 5 x 7 pixel font with just the letters of the label.
+_GLYPHS = {
+    "A": (" ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"),
+    "C": (" ####", "#    ", "#    ", "#    ", "#    ", "#    ", " ####"),
+    "D": ("#### ", "#   #", "#   #", "#   #", "#   #", "#   #", "#### "),
+    "E": ("#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#####"),
+    "F": ("#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#    "),
+    "G": (" ####", "#    ", "#    ", "#  ##", "#   #", "#   #", " ####"),
+    "I": ("#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "#####"),
+    "N": ("#   #", "##  #", "# # #", "#  ##", "#   #", "#   #", "#   #"),
+    "O": (" ### ", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "),
+    "R": ("#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #"),
+    "S": (" ####", "#    ", "#    ", " ### ", "    #", "    #", "#### "),
+    "T": ("#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  "),
+    "U": ("#   #", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "),
+    " ": ("     ",) * 7,
+}
+LABEL = "NOT FOR DIAGNOSTIC USE"
+LABEL_RGB = (255, 255, 0)
+
+
+def burn_label(rgb: np.ndarray, text: str = LABEL) -> np.ndarray:
+    """``rgb`` with ``text`` in yellow on a black strip along the top (scaled with the image;
+    left as it is when the image is too narrow for the text at one pixel per font pixel)."""
+    out = np.array(rgb, np.uint8, copy=True)
+    height, width = out.shape[:2]
+    scale = max(1, min(height, width) // 200)
+    while scale > 1 and len(text) * 6 * scale + 2 * scale > width:
+        scale -= 1
+    if len(text) * 6 * scale + 2 * scale > width or 9 * scale > height:
+        return out
+    out[: 9 * scale] = 0
+    x = 2 * scale
+    for char in text:
+        glyph = np.array([[c == "#" for c in row] for row in _GLYPHS[char]], bool)
+        mask = np.kron(glyph, np.ones((scale, scale), bool))
+        region = out[scale: scale + mask.shape[0], x: x + mask.shape[1]]
+        region[mask] = LABEL_RGB
+        x += 6 * scale
+    return out

@@ -41,6 +41,7 @@ class Service:
         self.sender: Sender | None = None
         self.server: Any = None
         self.http: ThreadingHTTPServer | None = None
+        self.ui: Any = None
         self.threads: list[threading.Thread] = []
         self.stopping = threading.Event()
         self.started_at = 0.0
@@ -74,6 +75,11 @@ class Service:
                                       evt_handlers=self.intake.handlers())
         if config.status_port:
             self.http = _status_server(self, config.status_port)
+        if config.http_port:  # the worklist page over this service's state (ichrt[ui])
+            from ichrt.runtime.ui.app import serve_pages
+
+            self.ui = serve_pages(self, host=config.http_host, port=config.http_port,
+                                  token=config.http_token or None)
         self.started_at = time.time()
         model = self.scorer.model
         log.info("serve_started", **config.to_dict(),
@@ -139,6 +145,9 @@ class Service:
             self.http.shutdown()
             self.http.server_close()
             self.http = None
+        if self.ui is not None:
+            self.ui.stop()
+            self.ui = None
         for component in (self.worker, self.sender):
             if component is not None:
                 component.stop_event.set()

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ichrt.runtime.serve.spool import uid_key
+
 STATUSES = ("receiving", "complete", "scored", "sent", "failed")
 SCHEMA_VERSION = 1
 
@@ -191,8 +193,6 @@ class State:
         A new instance of a study that already left ``receiving`` starts its next version.
         """
         now = time.time() if now is None else now
-        from ichrt.runtime.serve.spool import uid_key
-
         with self._tx() as db:
             old = db.execute("SELECT study_uid FROM instances WHERE sop_uid = ?",
                              (rec.sop_uid,)).fetchone()
@@ -375,13 +375,17 @@ class State:
             db.execute("UPDATE studies SET status = 'sent', sent_at = ? WHERE study_uid = ? AND"
                        " version = ? AND status = 'scored'", (now, res[0], res[1]))
 
-    def retry_failed(self) -> int:
-        """Put every outbox row that gave up back in the queue (``ichrt status --retry``)."""
+    def retry_failed(self, now: float | None = None) -> int:
+        """Queue again every outbox row that gave up and every study whose scoring failed
+        (``ichrt status --retry-failed``); returns how many of both."""
+        now = time.time() if now is None else now
         with self._tx() as db:
             n = db.execute("UPDATE outbox SET status = 'pending', attempts = 0, next_at = 0 "
                            "WHERE status = 'failed'").rowcount
             db.execute("UPDATE studies SET status = 'scored', error = NULL WHERE status = "
                        "'failed' AND error LIKE 'sending failed:%'")
+            n += db.execute("UPDATE studies SET status = 'complete', complete_at = ?, "
+                            "error = NULL WHERE status = 'failed'", (now,)).rowcount
         return n
 
     # -- reading -----------------------------------------------------------------------------

@@ -43,10 +43,6 @@ class Worker:
         self.scored = 0
         self.last_error: str | None = None
 
-    @property
-    def model_sha256(self) -> str:
-        return self.scorer.model.sha256
-
     def run(self) -> None:
         self.warm_up()
         while not self.stop_event.is_set():
@@ -107,7 +103,13 @@ class Worker:
                         rejected=len(result.rejected))
             return
         study = studies[0]
-        document, outgoing = self.make_results(job, study, result)
+        try:
+            document, outgoing = self.make_results(job, study, result)
+        except Exception as exc:  # noqa: BLE001 - an odd header must not loop the worker
+            log.error("results_failed", exc_info=True, study=key, version=job.version)
+            self.state.fail_study(job, f"results could not be made: {type(exc).__name__}: "
+                                       f"{exc}")
+            return
         seconds = time.perf_counter() - start
         document["seconds"] = round(seconds, 4)
         _, current = self.state.record_result(
