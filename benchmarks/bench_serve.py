@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
@@ -34,7 +32,7 @@ from serve_helpers import (
     Orthanc,
     ServeProcess,
     free_port,
-    missing_peers,
+    needs_peers,
     phantom_studies,
     storescu,
     wait_port,
@@ -44,7 +42,7 @@ from serve_helpers import (
 
 from ichrt.runtime.serve.state import State
 
-pytestmark = pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers()))
+pytestmark = needs_peers()
 
 INTAKE_SLICES = 120
 INTAKE_SIZE = 256

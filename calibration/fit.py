@@ -51,6 +51,20 @@ def label_figures(y: np.ndarray, before: np.ndarray, after: np.ndarray, logits: 
     }
 
 
+def per_label_figures(names, labels, before, after, logits, temperatures, parent, fitted,
+                      points) -> dict[str, dict[str, Any]]:
+    """:func:`label_figures` of every label, with whether it was fitted and its operating point."""
+    per_label = {}
+    for j, name in enumerate(names):
+        figures = label_figures(labels[:, j], before[:, j], after[:, j], logits[:, j],
+                                temperatures[name], parent.temperature(name))
+        figures["fitted"] = name in fitted
+        if name in points:
+            figures["operating_point"] = points[name].to_dict()
+        per_label[name] = figures
+    return per_label
+
+
 def calibrate_model(
     model_path: str | Path,
     data_dir: str | Path,
@@ -96,14 +110,8 @@ def calibrate_model(
         raise DatasetError(f"{data_dir}: the validation set needs positive and negative 'any' "
                          "labels to choose the operating threshold")
 
-    per_label = {}
-    for j, name in enumerate(names):
-        figures = label_figures(labels[:, j], before[:, j], after[:, j], logits[:, j],
-                                temperatures[name], parent.temperature(name))
-        figures["fitted"] = name in fitted
-        if name in points:
-            figures["operating_point"] = points[name].to_dict()
-        per_label[name] = figures
+    per_label = per_label_figures(names, labels, before, after, logits, temperatures, parent,
+                                  fitted, points)
     data_summary = data.summary(preds.identities, studies, len(preds.rejected))
     settings = {"target_sensitivity": target_sensitivity, "subtype_sensitivity": sub,
                 "level": level, "bootstrap": n_boot, "seed": seed, "ece_bins": ECE_BINS}
@@ -223,14 +231,8 @@ def calibrate_on_studies(
             entry["threshold_for_target"] = chosen.get(p.source)
         per_part.append(entry)
 
-    per_label = {}
-    for j, name in enumerate(names):
-        figures = label_figures(labels[:, j], before[:, j], after[:, j], logits[:, j],
-                                temperatures[name], parent.temperature(name))
-        figures["fitted"] = name in fitted
-        if name in points:
-            figures["operating_point"] = points[name].to_dict()
-        per_label[name] = figures
+    per_label = per_label_figures(names, labels, before, after, logits, temperatures, parent,
+                                  fitted, points)
     settings = {"target_sensitivity": target_sensitivity, "subtype_sensitivity": sub,
                 "level": "study", "study_model": study_model is not None,
                 "bootstrap": n_boot, "seed": seed, "ece_bins": ECE_BINS}

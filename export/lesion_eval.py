@@ -18,8 +18,6 @@ windowing, ONNX Runtime session, temperature and study model (as ``ichrt score``
 
 from __future__ import annotations
 
-import ast
-import csv
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -241,14 +239,9 @@ def phantom_samples(folder: Path) -> list[Sample]:
 
 def evaluate_realct(model: LoadedModel, folder: Path) -> list[dict[str, Any]]:
     """p(any), flag and lesion-map peak in the radiologist's box on each realct slice."""
-    boxes: dict[str, list] = {}
-    with open(folder / "gt.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            d = ast.literal_eval(row["data"])
-            boxes.setdefault(row["SOPInstanceUID"], []).append(
-                (d["y"], d["x"], d["y"] + d["height"], d["x"] + d["width"]))
-    uids = sorted(boxes)
-    hu = [np.load(folder / f"{uid}.npy").astype(np.float32) for uid in uids]
+    from ichrt.export.source_eval import read_realct
+
+    uids, hu, boxes = read_realct(folder)
     out = infer_hu(model, hu)
     rows = []
     for k, uid in enumerate(uids):

@@ -92,8 +92,8 @@ def evaluate_source(model: LoadedModel, name: str, root: Path, seed: int = 0,
     }
 
 
-def evaluate_realct(model: LoadedModel, folder: Path) -> list[dict[str, Any]]:
-    """p(any) and CAM localization on each evaluation-only real slice (never used to tune)."""
+def read_realct(folder: Path) -> tuple[list[str], list[np.ndarray], dict[str, list]]:
+    """(SOPInstanceUIDs, HU slices, radiologist boxes (y0, x0, y1, x1) per UID) of realct."""
     boxes: dict[str, list] = {}
     with open(folder / "gt.csv", newline="") as fh:
         for row in csv.DictReader(fh):
@@ -101,7 +101,12 @@ def evaluate_realct(model: LoadedModel, folder: Path) -> list[dict[str, Any]]:
             boxes.setdefault(row["SOPInstanceUID"], []).append(
                 (d["y"], d["x"], d["y"] + d["height"], d["x"] + d["width"]))
     uids = sorted(boxes)
-    hu = [np.load(folder / f"{uid}.npy").astype(np.float32) for uid in uids]
+    return uids, [np.load(folder / f"{uid}.npy").astype(np.float32) for uid in uids], boxes
+
+
+def evaluate_realct(model: LoadedModel, folder: Path) -> list[dict[str, Any]]:
+    """p(any) and CAM localization on each evaluation-only real slice (never used to tune)."""
+    uids, hu, boxes = read_realct(folder)
     probs, cams = score_hu(model, hu)
     rows = []
     for uid, p, cam, img in zip(uids, probs, cams, hu):

@@ -261,7 +261,7 @@ def publish(
             entries = sorted({*(p.name for p in staging.iterdir()), RUN_FILE})
             info = {**(run_info(value) if run_info else {}), "entries": entries}
             _write_synced(staging / RUN_FILE, json.dumps(info, indent=2) + "\n")
-            _fsync_dir(staging)
+            fsync_dir(staging)
         except OSError as exc:
             raise OutputWriteError(
                 f"cannot write the results for {final}: {_why(exc)}; "
@@ -303,7 +303,7 @@ def _swap_in(staging: Path, final: Path) -> None:
             os.rename(final, old)
             os.rename(staging, final)
             _remove(old)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except OSError as exc:
         raise OutputWriteError(f"cannot move the new results into {final}: {_why(exc)}; "
                                "the previous results (if any) are untouched") from None
@@ -345,7 +345,8 @@ def fsync_files(folder: Path, names: Iterable[str]) -> None:
             os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` durable (no-op where unsupported)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:

@@ -42,6 +42,7 @@ def test_lesion_probabilities_are_a_stable_sigmoid():
 def test_area_counts_cells_times_their_source_area():
     probs = np.zeros((8, 8), np.float32)
     probs[2:4, 2:5] = 0.9  # 6 cells
+    probs[6, 6] = 0.7      # below the cell threshold (0.8): not bleeding
     # box of 64 px side on an 8x8 map: each cell is 8x8 px of 0.5x0.5 mm = 16 mm^2
     assert lesion_area_mm2(probs, (0, 0, 64, 64), (0.5, 0.5)) == pytest.approx(96.0)
     assert lesion_area_mm2(probs, (0, 0, 64, 64), None) is None

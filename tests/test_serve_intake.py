@@ -19,7 +19,7 @@ from serve_helpers import (
     ServeProcess,
     echoscu,
     free_port,
-    missing_peers,
+    peer_marks,
     phantom_studies,
     storescu,
     storescu_async,
@@ -30,11 +30,7 @@ from serve_helpers import (
 from ichrt.runtime.serve.spool import uid_key
 from ichrt.runtime.serve.state import State
 
-pytestmark = [
-    pytest.mark.skipif(missing_peers() is not None, reason=str(missing_peers())),
-    # the phantoms carry RSNA-style "ID_..." UIDs, as the RSNA 2019 data do
-    pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),
-]
+pytestmark = peer_marks()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ichrt.runtime.outputs import fsync_dir
+
 #: Hex digits of the SHA-256 kept in folder and file names.
 KEY_LEN = 24
 
@@ -93,17 +95,3 @@ def move_durably(tmp: Path, path: Path) -> None:
         fsync_dir(folder.parent)
     os.replace(tmp, path)
     fsync_dir(folder)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new entry in ``folder`` durable (no-op where unsupported)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
