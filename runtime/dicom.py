@@ -560,21 +560,32 @@ def _check_rle_segments(path: Path, ds: Dataset) -> None:
     for i, (start, end) in enumerate(zip(offsets[:count], ends), start=1):
         if not 64 <= start <= end <= len(frame):
             raise IngestError(path, f"RLE segment {i} lies outside the pixel data")
-        decoded = _rle_length(frame, start, end, size)
-        if decoded > size:
+        decoded = _rle_length(frame, start, end, size + RLE_SLACK)
+        if decoded > size + RLE_SLACK:
             raise IngestError(path, f"RLE segment {i} decodes beyond the {rows} x {columns} "
                               "image (corrupt or hostile)")
 
 
+#: Bytes an RLE segment may decode to past its image: encoders pad each segment to an even
+#: length and some end a segment with a run that overshoots by less than one run (decoders drop
+#: the excess); a hostile segment overshoots by far more.
+RLE_SLACK = 256
+
+
 def _rle_length(data: bytes, pos: int, end: int, limit: int) -> int:
-    """Bytes the PackBits runs in ``data[pos:end]`` decode to, counting stops past ``limit``."""
+    """Bytes the complete PackBits runs in ``data[pos:end]`` decode to, counting stops past
+    ``limit`` (a run cut by the segment's end, such as a padding byte, does not count)."""
     total = 0
     while pos < end and total <= limit:
         header = data[pos]
         if header < 128:  # literal run of header + 1 bytes
+            if pos + header + 2 > end:
+                break
             total += header + 1
             pos += header + 2
         elif header > 128:  # the next byte repeated 257 - header times
+            if pos + 2 > end:
+                break
             total += 257 - header
             pos += 2
         else:

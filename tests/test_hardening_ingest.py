@@ -158,3 +158,27 @@ def test_large_images_make_small_batches(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "BATCH_PIXELS", 3 * 64 * 64)
     result = Scorer(tiny_model[0], provider="cpu", batch_size=16).score([tmp_path])
     assert len(result.slices) == 7 and calls == [3, 3, 1]
+
+
+def test_real_rle_encodings_of_phantom_slices_are_read(tmp_path):
+    """pydicom's RLE encoder pads odd segments with one byte: that byte is no run (the check
+    counted it once and refused valid files)."""
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    from ichrt.runtime.synth import generate_study
+
+    hu = generate_study(seed=3, n_slices=6, size=96, positive=True).hu
+    refused = []
+    for k, image in enumerate(hu):
+        src = valid_slice(tmp_path / f"v{k}.dcm", 96)
+        ds = pydicom.dcmread(src)
+        ds.PixelData = np.clip(np.rint(image) + 1024, 0, 4095).astype(np.uint16).tobytes()
+        ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 0, 12, 11
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.compress(RLELossless)
+        ds.save_as(tmp_path / f"r{k}.dcm")
+        got = read_or_reject(tmp_path / f"r{k}.dcm")
+        if isinstance(got, Rejected):
+            refused.append(got.reason)
+    assert not refused
