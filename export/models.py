@@ -86,6 +86,10 @@ class IchNet(nn.Module):
         f = self.body(x)
         return self.head(f), f
 
+    def cam_target(self) -> nn.Module:
+        """The module whose output is ``features`` (Grad-CAM hooks it)."""
+        return self.body
+
 
 def _resnet_body(net: nn.Module) -> nn.Module:
     names = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -308,6 +312,11 @@ class LesionNet(IchNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_dense(x)[0]
+
+    def cam_target(self) -> nn.Module:
+        """``body.layer4``: :meth:`forward_dense` runs the body's stages one by one, so a hook
+        on ``body`` itself would never fire."""
+        return self.body.layer4
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, features, _, _ = self.forward_dense(x)

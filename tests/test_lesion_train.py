@@ -184,3 +184,14 @@ def test_dense_export_has_the_lesion_output_and_parity(dense_export):
     assert np.abs(got["lesion"] - lesion.numpy()).max() < 1e-3
     assert np.abs(got["logits"] - logits.numpy()).max() < 1e-3
     assert Scorer(path).explain == "lesion"
+
+
+def test_gradcam_runs_on_the_dense_twin(dense_export):
+    """Grad-CAM stays available on demand: it hooks body.layer4, which forward_dense runs."""
+    from ichrt.runtime.explain.gradcam import GradCamExplainer
+
+    path, _ = dense_export
+    model = load_model(path, provider="cpu")
+    hu = generate_study(seed=6, n_slices=2, size=96, positive=True).hu[:2]
+    maps = GradCamExplainer(model).maps(window_batch(hu, model.contract), None, "any")
+    assert maps.shape == (2, 64, 64) and np.isfinite(maps).all()

@@ -95,7 +95,8 @@ class GradCamExplainer(Explainer):
         self.model = model
         self.net = (net if net is not None else load_checkpoint(model)).eval()
         cls = cams.GradCAMPlusPlus if plusplus else cams.GradCAM
-        self.cam = cls(model=self.net, target_layers=[self.net.body])
+        target = self.net.cam_target() if hasattr(self.net, "cam_target") else self.net.body
+        self.cam = cls(model=self.net, target_layers=[target])
 
     def maps(
         self,
