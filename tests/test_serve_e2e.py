@@ -49,6 +49,19 @@ def studies(tmp_path_factory) -> list[list[Path]]:
                            prevalence=0.5)
 
 
+@pytest.fixture(scope="module")
+def split_threshold(studies) -> float:
+    """A threshold between the shipped model's p(any) of study 0 (bleed) and study 2 (normal),
+    so one result is flagged and one not whatever the model's calibration."""
+    from ichrt.runtime.scorer import Scorer
+
+    scorer = Scorer(threshold=0.5, explain="none")
+    p_bleed = scorer.score(studies[0]).studies[0].p_any
+    p_normal = scorer.score(studies[2]).studies[0].p_any
+    assert p_bleed > p_normal, (p_bleed, p_normal)
+    return (p_bleed + p_normal) / 2
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path):
     server = Orthanc(tmp_path / "orthanc").start()
@@ -116,10 +129,11 @@ def hook():
     server.server_close()
 
 
-def test_results_reach_orthanc_and_a_late_instance_supersedes(studies, orthanc, hook, tmp_path):
+def test_results_reach_orthanc_and_a_late_instance_supersedes(studies, orthanc, hook, tmp_path,
+                                                             split_threshold):
     url, posts = hook
     status_port = free_port()
-    service = _service(tmp_path, orthanc.destination, threshold=0.5, notify_url=url,
+    service = _service(tmp_path, orthanc.destination, threshold=split_threshold, notify_url=url,
                        status_port=status_port).start()
     try:
         for files in (studies[0], studies[2]):
