@@ -2,13 +2,17 @@
 
 * Slice probabilities are ``sigmoid(logits / T)`` with the per-label temperature ``T`` of the
   model's contract (1.0 when uncalibrated), so calibration fitted after export applies here.
-* A study's probability for a label is the **maximum over its slices**: a bleed visible on a single
-  slice makes the whole study positive, and averaging would dilute a small bleed among dozens of
-  normal slices.  This is how the RSNA 2019 study labels were defined (a study is positive when any
-  of its slices is).  All series of a study count together.
+* A study's ``any`` probability comes from the contract's study model
+  (:mod:`ichrt.runtime.studymodel`: each slice blended with its neighbours along the scan axis,
+  then the largest), or, without one, the **maximum over its slices**: a bleed visible on a
+  single slice makes the whole study positive, and averaging would dilute a small bleed among
+  dozens of normal slices (the RSNA 2019 study labels: a study is positive when any of its slices
+  is). Subtypes: the maximum. All series of a study count together.
 * A study is flagged when its ``any`` probability reaches the threshold (the contract's calibrated
-  ``any`` threshold unless the user overrides it); the key slice is the one with the highest
-  ``any`` probability (the first on ties), so a reader can jump straight to it.
+  ``any`` threshold unless the user overrides it); the key slice is the one where the study
+  score was reached (the first on ties), so a reader can jump straight to it.
+* Lesion-level models also give each study an estimated bleed volume
+  (:func:`ichrt.runtime.lesion.study_volume_ml`).
 * Arrival time: the earliest StudyDate/StudyTime of its slices, else AcquisitionDate/Time, else
   the earliest file modification time.
 """
