@@ -56,7 +56,26 @@ def _model_seconds(model: LoadedModel, tensors: np.ndarray, repeat: int = 5) -> 
     return best / len(tensors)
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_lesion_map_time_per_slice(benchmark, setup) -> None:
+    """The shipped lesion-level model's own map: the default explanation, against its inference."""
+    from ichrt.runtime.synth import generate_study
+    from ichrt.runtime.windowing import window_batch
+
+    _, _, boxes = setup
+    model = load_model(None)
+    study = generate_study(seed=4242, n_slices=24, size=256, positive=True)
+    hu = study.hu[np.flatnonzero(study.labels[:, 0])[:SLICES]]
+    tensors = window_batch(hu, model.contract, boxes=boxes)
+    explainer = make_explainer("lesion", model)
+    found = benchmark(explain_slices, explainer, tensors, boxes, [(256, 256)] * len(tensors))
+    assert all(f.heatmap.shape == (256, 256) and f.method == "lesion" for f in found)
+    base = _model_seconds(model, tensors)
+    per_slice = benchmark.stats.stats.mean / len(tensors) if benchmark.stats else None
+    benchmark.extra_info.update(method="lesion", model_ms_per_slice=1000 * base,
+                                ratio_to_inference=None if per_slice is None else per_slice / base)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "lesion"])  # lesion: above
 def test_explain_time_per_slice(benchmark, setup, method: str) -> None:
     model, tensors, boxes = setup
     explainer = make_explainer(method, model)

@@ -162,7 +162,7 @@ def test_fp32_vs_int8(benchmark, models: dict[str, LoadedModel], heldout: np.nda
     if fmt != "fp32":
         ref, cand = models["fp32"].run(heldout), model.run(heldout)
         cams = CamAgreement()
-        cams.add(ref["features"], cand["features"], models["fp32"].contract)
+        cams.add(ref, cand, models["fp32"].contract)
         speeds = ms_per_slice({"fp32": models["fp32"], fmt: model}, heldout, repeats=5)
         max_dp = float(np.abs(ref["probs"] - cand["probs"]).max())
         assert cand["features"].shape == ref["features"].shape  # CAM input survives

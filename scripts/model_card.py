@@ -25,9 +25,9 @@ def ci(stat) -> str:
 
 
 def slice_table(results: list[dict], title: str) -> str:
-    rows = [f"| {title} | slices (groups) | positive | AUC(any) slice | slice sens / spec "
+    rows = [(f"| {title} | slices (groups) | positive | AUC(any) slice | slice sens / spec "
             "| study AUC max / study model | studies flagged: ICH / normal not flagged | "
-            "pointing game | Dice | volume error (median abs. rel.) |",
+            "pointing game | Dice | volume error (median abs. rel.) |"),
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         st, loc = r.get("study"), r.get("localization") or {}
