@@ -32,12 +32,11 @@ from ichrt.export.samples import Sample
 from ichrt.runtime.aggregate import calibrate
 from ichrt.runtime.explain.base import to_slice
 from ichrt.runtime.explain.metrics import boxes_to_mask, pointing_hit
-from ichrt.runtime.framing import head_boxes
 from ichrt.runtime.lesion import LESION_THRESHOLD, lesion_probabilities
+from ichrt.runtime.pipeline import window_hu
 from ichrt.runtime.session import LoadedModel, load_model
 from ichrt.runtime.slices import SliceIdentity
 from ichrt.runtime.studymodel import study_any
-from ichrt.runtime.windowing import centred_boxes, window_batch
 
 
 @dataclass
@@ -51,30 +50,21 @@ class Outputs:
 
 
 def infer_hu(model: LoadedModel, hus: Sequence[np.ndarray], batch: int = 16) -> Outputs:
-    """Run ``model`` on HU slices, ``batch`` at a time (slices of one shape share a call)."""
+    """Run ``model`` on HU slices, ``batch`` at a time, windowed as scoring does."""
     contract = model.contract
     dense = contract.lesion_stride is not None
     wanted = ("logits", "lesion") if dense else ("logits",)
-    n = len(hus)
-    logits = np.zeros((n, len(contract.labels)), np.float32)
-    side = contract.input_size // (contract.lesion_stride or 1)
-    lesion = np.zeros((n, side, side), np.float32) if dense else None
-    boxes = np.zeros((n, 4), np.int64)
-    start = 0
-    while start < n:
-        stop = start + 1
-        while (stop < n and stop - start < batch and hus[stop].shape == hus[start].shape):
-            stop += 1
-        stack = np.stack([np.asarray(h, np.float32) for h in hus[start:stop]])
-        box = (np.asarray(head_boxes(stack), np.int64) if contract.framing == "head"
-               else centred_boxes(len(stack), *stack.shape[1:]).astype(np.int64))
-        out = model.run(window_batch(stack, contract, boxes=box), wanted)
-        logits[start:stop] = out["logits"]
+    logits, lesion, boxes = [], [], []
+    for start in range(0, len(hus), batch):
+        tensor, box = window_hu(hus[start:start + batch], contract)
+        out = model.run(tensor, wanted)
+        logits.append(out["logits"])
         if dense:
-            lesion[start:stop] = lesion_probabilities(out["lesion"])
-        boxes[start:stop] = box
-        start = stop
-    return Outputs(calibrate(logits, contract), logits, lesion, boxes)
+            lesion.append(lesion_probabilities(out["lesion"]))
+        boxes.append(box)
+    logits_all = np.concatenate(logits).astype(np.float32)
+    return Outputs(calibrate(logits_all, contract), logits_all,
+                   np.concatenate(lesion) if dense else None, np.concatenate(boxes))
 
 
 def region_of(sample: Sample) -> tuple[np.ndarray | None, str]:

@@ -55,20 +55,25 @@ class PipelineOutput:
 
 
 def window_slices(slices: Sequence[Slice], contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:
-    """The model tensor (N, C, S, S) of ``slices`` in their order, and the (N, 4) boxes used.
+    """The model tensor (N, C, S, S) of ``slices`` in their order, and the (N, 4) boxes used."""
+    return window_hu([item.hu for item in slices], contract)
+
+
+def window_hu(hus: Sequence[np.ndarray], contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:
+    """The model tensor (N, C, S, S) of HU slices in their order, and the (N, 4) boxes used.
 
     Slices of different sizes are windowed in one kernel call per size.
     """
     s = contract.input_size
-    tensor = np.empty((len(slices), contract.channels, s, s), np.float32)
-    boxes = np.empty((len(slices), 4), np.int64)
+    tensor = np.empty((len(hus), contract.channels, s, s), np.float32)
+    boxes = np.empty((len(hus), 4), np.int64)
     by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, item in enumerate(slices):
-        by_shape.setdefault(item.hu.shape, []).append(i)
+    for i, item in enumerate(hus):
+        by_shape.setdefault(np.shape(item), []).append(i)
     start = 0
     order = []
     for shape, idx in by_shape.items():
-        hu = np.stack([slices[i].hu for i in idx])
+        hu = np.stack([hus[i] for i in idx])
         if contract.framing == "head":
             group_boxes = np.asarray(head_boxes(hu), np.int64)
         else:
@@ -79,7 +84,7 @@ def window_slices(slices: Sequence[Slice], contract: ModelContract) -> tuple[np.
         order.extend(idx)
         start = stop
     restore = np.argsort(np.asarray(order))
-    if np.array_equal(restore, np.arange(len(slices))):
+    if np.array_equal(restore, np.arange(len(hus))):
         return tensor, boxes
     return tensor[restore], boxes[restore]
 
@@ -91,6 +96,7 @@ def infer_batch(
     boxes: np.ndarray,
     threshold: float,
     keep_cam: bool,
+    keep_lesion: bool = True,
 ) -> list[SliceScore]:
     """Run one batch and keep what the worklist needs (CAM only for slices at the threshold)."""
     contract = model.contract
@@ -104,7 +110,7 @@ def infer_batch(
         maps = cam_maps(out["features"][hot], contract, label="any")
         cams = {int(i): np.array(m, np.float32) for i, m in zip(hot, maps)}
     lesion = lesion_probabilities(out["lesion"]) if dense else None
-    keep = set(hot.tolist())
+    keep = set(hot.tolist()) if keep_lesion else set()
     scores = []
     for i, meta in enumerate(identities):
         box = tuple(int(v) for v in boxes[i])
@@ -123,6 +129,7 @@ def run_pipeline(
     threshold: float = 0.5,
     keep_cam: bool = True,
     workers: int | None = None,
+    keep_lesion: bool = True,
     progress: Progress | None = None,
     limits: IngestLimits | None = None,
 ) -> PipelineOutput:
@@ -132,6 +139,8 @@ def run_pipeline(
         batch_size: slices per inference call.
         threshold: ``any`` probability at which a slice's CAM is kept.
         keep_cam: compute CAM maps (needs ``cam_weights`` in the contract).
+        keep_lesion: keep the lesion maps of slices at the threshold (lesion-level models; the
+            bleeding area of every slice is measured either way).
         workers: decoding threads.  Default on CPU: one, because the model is the bottleneck
             and already uses every physical core (a slice costs ~1.5 ms of CPU to decode against
             ~20 ms to infer with a ResNet-18 at 224 px), and more readers only preempt its
@@ -159,7 +168,7 @@ def run_pipeline(
             while len(pending) >= QUEUE_DEPTH:
                 collect(pending.popleft())
             pending.append(infer_pool.submit(
-                infer_batch, model, tensor, meta, boxes, threshold, keep_cam))
+                infer_batch, model, tensor, meta, boxes, threshold, keep_cam, keep_lesion))
 
         readers = workers or (None if model.on_gpu else 1)
         pixels = 0

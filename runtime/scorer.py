@@ -180,7 +180,8 @@ class Scorer:
         files = iter_files(paths, skip=exclude)
         out = run_pipeline(
             files, self.model, batch_size=self.batch_size, threshold=self.threshold,
-            keep_cam=self.explain == "cam", workers=self.workers, progress=progress,
+            keep_cam=self.explain == "cam", keep_lesion=self.explain == "lesion",
+            workers=self.workers, progress=progress,
             limits=self.limits,
         )
         labels = tuple(self.model.contract.labels)
