@@ -33,16 +33,14 @@ def setup(tmp_path_factory) -> tuple[LoadedModel, np.ndarray, np.ndarray]:
         sys.path.insert(0, str(TESTS))
     from explain_helpers import export_twin
 
-    from ichrt.runtime.framing import head_boxes
+    from ichrt.runtime.batches import window_hu
     from ichrt.runtime.synth import generate_study
-    from ichrt.runtime.windowing import window_batch
 
     path, _, contract = export_twin(tmp_path_factory.mktemp("bench"), "resnet18", size=128)
     study = generate_study(seed=4242, n_slices=24, size=256, positive=True)
     hot = np.flatnonzero(study.labels[:, 0])[:SLICES]
     hu = study.hu[hot]
-    boxes = np.asarray(head_boxes(hu), np.int64)
-    return load_model(path), window_batch(hu, contract, boxes=boxes), boxes
+    return load_model(path), *window_hu(hu, contract)
 
 
 def _model_seconds(model: LoadedModel, tensors: np.ndarray, repeat: int = 5) -> float:
@@ -56,16 +54,15 @@ def _model_seconds(model: LoadedModel, tensors: np.ndarray, repeat: int = 5) -> 
     return best / len(tensors)
 
 
-def test_lesion_map_time_per_slice(benchmark, setup) -> None:
+def test_lesion_map_time_per_slice(benchmark) -> None:
     """The shipped lesion-level model's own map: the default explanation, against its inference."""
+    from ichrt.runtime.batches import window_hu
     from ichrt.runtime.synth import generate_study
-    from ichrt.runtime.windowing import window_batch
 
-    _, _, boxes = setup
     model = load_model(None)
     study = generate_study(seed=4242, n_slices=24, size=256, positive=True)
     hu = study.hu[np.flatnonzero(study.labels[:, 0])[:SLICES]]
-    tensors = window_batch(hu, model.contract, boxes=boxes)
+    tensors, boxes = window_hu(hu, model.contract)
     explainer = make_explainer("lesion", model)
     found = benchmark(explain_slices, explainer, tensors, boxes, [(256, 256)] * len(tensors))
     assert all(f.heatmap.shape == (256, 256) and f.method == "lesion" for f in found)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ichrt.runtime.commands.bench import (
+from ichrt.runtime.benchmark import (
     STUDY_SLICES,
     end_to_end,
     random_batch,

@@ -1,33 +1,29 @@
-"""DICOM files -> windowed model batches, through the runtime's own decode and windowing.
+"""DICOM files or in-memory HU slices -> windowed model batches, through the runtime's own path.
 
 Calibration must see exactly the tensors the runtime will feed the model, so nothing here
-re-implements preprocessing: files are read by the runtime ingest's ``iter_read`` (a bounded
-thread pool; rejected files reported with their reason) and windowed by the scoring pipeline's
-``window_slices`` (the Numba kernel, framed around the head when the contract says so). Batches are streamed,
-so a large validation set never sits in memory as HU pixels.
+re-implements preprocessing: files go through :func:`ichrt.runtime.batches.iter_batches` (the
+runtime ingest on a bounded thread pool, its duplicate-SOPInstanceUID rule, rejected files with
+their reason, then :func:`~ichrt.runtime.batches.window_hu`), and in-memory HU slices straight
+through :func:`~ichrt.runtime.batches.window_hu`. Batches are streamed, so a large validation
+set never sits in memory as HU pixels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ichrt.runtime.contract import ModelContract
-from ichrt.runtime.slices import Rejected, Slice, SliceIdentity
+from ichrt.runtime.slices import Rejected
 
-#: ``progress(done, total)``: called as each input file is accounted for.
+if TYPE_CHECKING:
+    from ichrt.runtime.batches import Batch
+
+#: ``progress(done, total)``: called as input files are accounted for.
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class Batch:
-    """One model batch and who its slices are."""
-
-    tensor: np.ndarray
-    identities: list[SliceIdentity]
 
 
 def windowed_batches(
@@ -38,47 +34,29 @@ def windowed_batches(
     workers: int | None = None,
     progress: Progress | None = None,
 ) -> Iterator[Batch]:
-    """Yield model batches of ``files`` in input order.
+    """Model batches (``tensor``, ``identities``) of ``files`` in input order.
 
     Unreadable files, and repeats of an already seen SOPInstanceUID (which would count one
     slice twice in a metric), go to ``rejected`` with their reason.
     """
-    from ichrt.runtime.dicom import iter_read
-    from ichrt.runtime.pipeline import window_slices
+    from ichrt.runtime.batches import iter_batches
 
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    pending: list[Slice] = []
-    seen: dict[str, str] = {}
-    for done, item in enumerate(iter_read(files, workers), start=1):
-        if isinstance(item, Slice):
-            first = seen.setdefault(item.identity.sop_uid, item.identity.path)
-            if first != item.identity.path:
-                item = Rejected.of(item.identity.path, f"duplicate SOPInstanceUID (as {first})")
-        if isinstance(item, Rejected):
-            if rejected is not None:
-                rejected.append(item)
-        else:
-            pending.append(item)
+    for batch in iter_batches(files, contract, batch_size, workers):
+        if rejected is not None:
+            rejected.extend(batch.rejected)
         if progress is not None:
-            progress(done, len(files))
-        if len(pending) >= batch_size:
-            yield Batch(window_slices(pending, contract)[0], [s.identity for s in pending])
-            pending = []
-    if pending:
-        yield Batch(window_slices(pending, contract)[0], [s.identity for s in pending])
+            progress(batch.done, len(files))
+        if batch.identities:
+            yield batch
 
 
 def hu_batches(
     slices_hu: Sequence[np.ndarray], contract: ModelContract, batch_size: int = 16
 ) -> Iterator[np.ndarray]:
     """Model batches of in-memory HU slices (e.g. phantoms from ``ichrt.runtime.synth``)."""
-    from ichrt.runtime.pipeline import window_slices
+    from ichrt.runtime.batches import window_hu
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(slices_hu), batch_size):
-        chunk = [
-            Slice(identity=SliceIdentity(path="", study_uid="", series_uid="", sop_uid=""),
-                  hu=np.asarray(hu, np.float32))
-            for hu in slices_hu[start:start + batch_size]
-        ]
-        yield window_slices(chunk, contract)[0]
+        yield window_hu(slices_hu[start:start + batch_size], contract)[0]

@@ -1,7 +1,7 @@
 """``ichrt calibrate quantize|threshold`` and ``ichrt evaluate``: thin wrappers over the library.
 
 Each command parses options, shows progress on stderr, calls one library function
-(:func:`~ichrt.calibration.quantize.run_quantization`,
+(:func:`~ichrt.calibration.quantize.quantize_model`,
 :func:`~ichrt.calibration.fit.calibrate_model`, :func:`~ichrt.calibration.evaluate.evaluate_model`)
 and writes its JSON report.
 """
@@ -17,16 +17,17 @@ from pathlib import Path
 
 import click
 
-from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
+from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED, EXIT_USAGE, exit_codes_help
+from ichrt.runtime.extras import needs_extra
 
-EXIT_CODES = """\b
-Exit codes:
-  0  success
-  1  runtime error (a model that cannot be loaded; for quantize: INT8 rejected by the gate)
-  2  usage error (bad option; data not in the RSNA layout, unreadable, or lacking
-     positive and negative labels)
-  3  some input files were rejected (listed in the report); results for the rest were written
-"""
+EXIT_CODES = exit_codes_help({
+    EXIT_ERROR: "runtime error (a model that cannot be loaded; for quantize: INT8 rejected by "
+                "the gate)",
+    EXIT_USAGE: "usage error (bad option; data not in the RSNA layout, unreadable, or lacking\n"
+                "positive and negative labels)",
+    EXIT_REJECTED: "some input files were rejected (listed in the report); results for the rest "
+                   "were written",
+})
 DATA_HELP = ("Labelled data in the RSNA 2019 layout: stage_2_train.csv + stage_2_train/*.dcm "
              "(what 'ichrt synth' writes).")
 MODEL_ARG = click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -87,8 +88,8 @@ def require_onnx() -> None:
     try:
         import onnx  # noqa: F401
     except ImportError as exc:
-        raise click.UsageError(
-            "this command needs the 'onnx' package: pip install 'ichrt[calibration]'") from exc
+        raise click.UsageError(needs_extra("this command", "calibration",
+                                           f"{exc.name} is missing")) from exc
 
 
 def beside(out: Path, suffix: str) -> Path:
@@ -148,68 +149,34 @@ def quantize(
     by at most --max-auc-drop; the report (always written) gives AUC, the maximum probability
     difference, CAM agreement and FP32/INT8 ms per slice for every candidate.
     """
-    from ichrt.calibration.dataset import open_labelled, split_by_study
     from ichrt.calibration.quantize import (
         QuantizationRejected,
         QuantSpec,
         all_specs,
-        run_quantization,
+        quantize_model,
     )
-    from ichrt.calibration.reader import SliceCalibrationReader
     from ichrt.calibration.report import write_json
-    from ichrt.runtime.session import load_model
 
     require_onnx()
     report = report or beside(out, ".quantize.json")
-    with usage_errors():
-        if holdout_dir is not None:
-            heldout = open_labelled(holdout_dir)
-            calib_files, held_files = dicom_files(data_dir), heldout.files
-        else:
-            heldout = open_labelled(data_dir)
-            calib_files, held_files = split_by_study(heldout.files, 0.5, seed)
-    if not calib_files:
-        raise click.UsageError(f"{data_dir}: no files to calibrate with")
     specs = all_specs() if compare else [QuantSpec(method, fmt)]
-    with model_errors(ctx, "calibrate quantize"):
-        contract = load_model(model, provider="cpu").contract
-        rejected: list = []
-        with progress_bar("calibration slices") as progress:
-            reader = SliceCalibrationReader.from_files(
-                calib_files, contract, batch_size=min(batch_size, 8), limit=calibration_slices,
-                seed=seed, rejected=rejected, progress=progress)
-            reader.rewind()  # read the calibration set once, with its progress bar
-        note(f"calibration set: {reader.slices} slices ({len(rejected)} files rejected)")
-        if not reader.slices:
-            raise click.UsageError(f"{data_dir}: no calibration slice could be read")
+    with usage_errors(), model_errors(ctx, "calibrate quantize"):
         try:
-            with progress_bar("held-out slices") as progress:
-                result = run_quantization(model, reader, heldout, held_files, out, specs,
-                                          max_auc_drop, batch_size, threads, note, progress)
+            result = quantize_model(
+                model, data_dir, out, holdout_dir=holdout_dir, specs=specs,
+                calibration_slices=calibration_slices, max_drop=max_auc_drop, seed=seed,
+                batch_size=batch_size, threads=threads, note=note, bar=progress_bar)
         except QuantizationRejected as exc:
             write_json(report, exc.report.to_dict())
             click.echo(f"ichrt calibrate quantize: {exc} (report: {report})", err=True)
             ctx.exit(EXIT_ERROR)
-    document = {**result.to_dict(), "calibration": {"slices": reader.slices,
-                "rejected": [{"path": r.path, "reason": r.reason} for r in rejected]}}
-    write_json(report, document)
+    write_json(report, result.to_dict())
     if as_json:
         click.echo(json.dumps(json.loads(report.read_text()), indent=2))
     else:
         click.echo(quantize_table(result))
         click.echo(f"INT8 model ({result.chosen}) written to {out}; report: {report}")
-    ctx.exit(EXIT_REJECTED if rejected or result.heldout.get("rejected") else EXIT_OK)
-
-
-def dicom_files(data_dir: Path) -> list[Path]:
-    """The slices of an RSNA-layout folder, or every file under any other folder."""
-    from ichrt.calibration.dataset import DatasetError, open_labelled
-    from ichrt.runtime.dicom import iter_files
-
-    try:
-        return open_labelled(data_dir).files
-    except DatasetError:
-        return iter_files([data_dir])
+    ctx.exit(EXIT_REJECTED if result.files_rejected else EXIT_OK)
 
 
 def quantize_table(result) -> str:
@@ -308,13 +275,13 @@ def _calibrate_real(model: Path, data_dir: Path, real_dir: Path, sources: str, o
                     seed: int, batch_size: int):
     """Phantom studies of ``data_dir`` + held-out real groups -> calibrated model (see --real)."""
     from ichrt.calibration.fit import calibrate_on_studies
+    from ichrt.calibration.parts import phantom_part, real_parts_provider
     from ichrt.runtime.session import load_model
 
     try:
-        from ichrt.export.realval import phantom_part, real_parts
+        real_parts = real_parts_provider()
     except ImportError as exc:
-        raise click.UsageError(f"--real needs the 'export' extra (pip install "
-                               f"'ichrt[export]'): {exc}") from exc
+        raise click.UsageError(str(exc)) from exc
     loaded = load_model(model, provider="cpu")
     note("scoring the phantom validation studies")
     parts = [phantom_part(loaded, data_dir, batch_size)]

@@ -17,15 +17,10 @@ from typing import Any
 import numpy as np
 
 from ichrt.calibration.batches import Progress
-from ichrt.calibration.metrics import (
-    bootstrap_ci,
-    brier,
-    ece,
-    roc_auc,
-    sensitivity_specificity,
-)
+from ichrt.calibration.metrics import brier, ece
 from ichrt.calibration.thresholds import study_level
 from ichrt.runtime.contract import ModelContract
+from ichrt.runtime.metrics import bootstrap_ci, roc_auc, sensitivity_specificity
 from ichrt.runtime.slices import Rejected, SliceIdentity
 
 ECE_BINS = 15

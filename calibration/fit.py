@@ -162,9 +162,9 @@ def calibrate_on_studies(
     intervals, study level where it has whole studies, else slice level.
     """
     from ichrt.calibration import studyfit
-    from ichrt.calibration.metrics import roc_auc
     from ichrt.calibration.model_io import derive_contract, file_sha256, load_onnx, write_model
     from ichrt.calibration.thresholds import level_stats, threshold_for_sensitivity
+    from ichrt.runtime.metrics import roc_auc
     from ichrt.runtime.session import load_model
 
     model = load_model(model_path, provider="cpu")

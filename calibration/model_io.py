@@ -8,7 +8,6 @@ target and renamed into place, so a crash never leaves half a model behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -16,18 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ichrt.runtime.contract import METADATA_KEY, ModelContract
+from ichrt.runtime.hashing import file_sha256
 
 if TYPE_CHECKING:
     import onnx
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (the same identity the runtime prints)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:

@@ -5,7 +5,8 @@ logits (temperature fitting) and the same slices seen by several models (FP32 ve
 this module runs :class:`~ichrt.runtime.session.LoadedModel` on the batches of
 :func:`ichrt.calibration.batches.windowed_batches`: each file is decoded and windowed once, by the
 runtime's own code, whatever the number of models. Probabilities are then computed from logits
-with the runtime's :func:`ichrt.runtime.aggregate.calibrate`, exactly as scoring does.
+with the runtime's :func:`ichrt.runtime.aggregate.calibrated_probabilities`, exactly as scoring
+does.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ichrt.calibration.batches import Batch, Progress, windowed_batches
+from ichrt.calibration.batches import Progress, windowed_batches
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.slices import Rejected, SliceIdentity
 
-#: ``on_batch(batch, outputs)``: outputs[model name][output name] for one batch.
-BatchHook = Callable[[Batch, dict[str, dict[str, np.ndarray]]], None]
+if TYPE_CHECKING:
+    from ichrt.runtime.batches import Batch
+
+#: ``on_batch(batch, outputs)``: outputs[model name][output name] for one batch
+#: (:class:`ichrt.runtime.batches.Batch`).
+BatchHook = Callable[["Batch", dict[str, dict[str, np.ndarray]]], None]
 
 
 @dataclass
@@ -39,9 +45,9 @@ class Predictions:
 
     def probs(self, name: str, contract: ModelContract) -> np.ndarray:
         """Probabilities of model ``name`` as the runtime computes them (``sigmoid(z / T)``)."""
-        from ichrt.runtime.aggregate import calibrate
+        from ichrt.runtime.aggregate import calibrated_probabilities
 
-        return calibrate(self.logits[name], contract)
+        return calibrated_probabilities(self.logits[name], contract)
 
 
 def predict(

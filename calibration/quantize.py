@@ -18,8 +18,12 @@ How a model is quantized:
 * The accuracy gate: a candidate is accepted only if AUC(any) on held-out labelled slices drops by
   at most :data:`MAX_AUC_DROP` against the FP32 model. Among accepted candidates, the
   saturation-safe ones come first, then the fastest (measured in this process on held-out
-  batches; within 10 % counts as equally fast, and then the smallest probability change wins), so the shipped INT8 model is safe on AVX2-only edge boxes even when it was built on a
-  CPU with VNNI.
+  batches; within 10 % counts as equally fast, and then the smallest probability change wins),
+  so the shipped INT8 model is safe on AVX2-only edge boxes even when it was built on a CPU with
+  VNNI.
+
+``ichrt calibrate quantize`` is :func:`quantize_model` (data folders in, report out), which
+reads the calibration set and calls :func:`run_quantization` (a calibration reader in).
 """
 
 from __future__ import annotations
@@ -28,16 +32,17 @@ import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ichrt.calibration.metrics import roc_auc
+from ichrt.calibration.batches import Progress
 from ichrt.calibration.report import jsonable
 from ichrt.calibration.saturation import saturated_outputs, saturation_pairs
+from ichrt.runtime.metrics import roc_auc
 
 if TYPE_CHECKING:
     import onnx
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
     from ichrt.calibration.dataset import LabelledSet
     from ichrt.calibration.reader import SliceCalibrationReader
     from ichrt.runtime.contract import ModelContract
+    from ichrt.runtime.slices import Rejected
 
 #: name -> (activation type, weight type, reduce_range), as onnxruntime QuantType names.
 FORMATS: dict[str, tuple[str, str, bool]] = {
@@ -63,6 +69,9 @@ MAX_AUC_DROP = 0.005
 FEATURES = "features"
 
 Note = Callable[[str], None]
+#: ``bar(description)``: a context manager around one stage of the work that yields the
+#: ``progress(done, total)`` callback of that stage (or None for no progress).
+ProgressBar = Callable[[str], contextlib.AbstractContextManager[Progress | None]]
 
 
 class QuantizationRejected(RuntimeError):
@@ -302,7 +311,10 @@ def choose(results: Sequence[CandidateResult]) -> CandidateResult | None:
 
 @dataclass
 class QuantizationReport:
-    """Everything :func:`run_quantization` measured and decided, JSON-ready."""
+    """Everything :func:`run_quantization` measured and decided, JSON-ready.
+
+    :func:`quantize_model` adds the input files the runtime rejected to ``calibration``.
+    """
 
     parent: dict[str, str]
     reference: dict[str, float]
@@ -327,6 +339,11 @@ class QuantizationReport:
             "cpu_vnni": self.cpu_vnni,
             "out": self.out,
         }
+
+    @property
+    def files_rejected(self) -> int:
+        """Input files the runtime rejected, calibration and held-out sets together."""
+        return len(self.calibration.get("rejected", ())) + int(self.heldout.get("rejected", 0))
 
 
 def compare_candidates(
@@ -473,4 +490,86 @@ def run_quantization(
         out_sha = write_model(onnx.load(str(paths[best.spec.name])), contract, out,
                               parent_path=model_path)
     report.out = {"path": str(out), "sha256": out_sha, "name": contract.name}
+    return report
+
+
+@contextlib.contextmanager
+def no_progress(description: str) -> Iterator[None]:
+    """A :data:`ProgressBar` that shows nothing."""
+    yield None
+
+
+def calibration_files(data_dir: str | Path) -> list[Path]:
+    """The slices of an RSNA-layout folder, or every file under any other folder."""
+    from ichrt.calibration.dataset import DatasetError, open_labelled
+    from ichrt.runtime.dicom import iter_files
+
+    try:
+        return open_labelled(data_dir).files
+    except DatasetError:
+        return iter_files([data_dir])
+
+
+def quantize_model(
+    model_path: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    holdout_dir: str | Path | None = None,
+    specs: Sequence[QuantSpec] = (QuantSpec(),),
+    calibration_slices: int = 256,
+    max_drop: float = MAX_AUC_DROP,
+    seed: int = 0,
+    batch_size: int = 16,
+    threads: int | None = None,
+    note: Note = lambda s: None,
+    bar: ProgressBar = no_progress,
+) -> QuantizationReport:
+    """What ``ichrt calibrate quantize`` does, from data folders to the written INT8 model.
+
+    The accuracy gate runs on ``holdout_dir`` (labelled; ``data_dir`` may then be any folder of
+    DICOM files), else on half of the studies of the labelled ``data_dir`` (split with ``seed``)
+    while the other half calibrates. At most ``calibration_slices`` slices, sampled with ``seed``
+    and read through the runtime's ingest, set the activation ranges; then
+    :func:`run_quantization` builds, measures, gates and writes. The report's ``calibration``
+    lists the input files the runtime rejected (:attr:`QuantizationReport.files_rejected`).
+
+    Raises:
+        DatasetError: a folder in no readable layout, or nothing to calibrate or gate with.
+        ModelError, ContractError: the model cannot be loaded.
+        QuantizationRejected: no candidate passed the gate (nothing is written; its report,
+            with the rejected files, says by how much each failed).
+    """
+    from ichrt.calibration.dataset import DatasetError, open_labelled, split_by_study
+    from ichrt.calibration.reader import SliceCalibrationReader
+    from ichrt.runtime.session import load_model
+
+    if holdout_dir is not None:
+        heldout = open_labelled(holdout_dir)
+        calib_files, held_files = calibration_files(data_dir), heldout.files
+    else:
+        heldout = open_labelled(data_dir)
+        calib_files, held_files = split_by_study(heldout.files, 0.5, seed)
+    if not calib_files:
+        raise DatasetError(f"{data_dir}: no files to calibrate with")
+    contract = load_model(model_path, provider="cpu").contract
+    rejected: list[Rejected] = []
+    with bar("calibration slices") as progress:
+        reader = SliceCalibrationReader.from_files(
+            calib_files, contract, batch_size=min(batch_size, 8), limit=calibration_slices,
+            seed=seed, rejected=rejected, progress=progress)
+        reader.rewind()  # read the calibration set once, with its progress bar
+    note(f"calibration set: {reader.slices} slices ({len(rejected)} files rejected)")
+    if not reader.slices:
+        raise DatasetError(f"{data_dir}: no calibration slice could be read")
+    calibration = {"slices": reader.slices,
+                   "rejected": [{"path": r.path, "reason": r.reason} for r in rejected]}
+    try:
+        with bar("held-out slices") as progress:
+            report = run_quantization(model_path, reader, heldout, held_files, out, specs,
+                                      max_drop, batch_size, threads, note, progress)
+    except QuantizationRejected as exc:
+        exc.report.calibration = calibration
+        raise
+    report.calibration = calibration
     return report

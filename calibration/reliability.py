@@ -51,7 +51,7 @@ _FONT: dict[str, tuple[int, ...]] = {
 
 
 @dataclass
-class Series:
+class ReliabilityCurve:
     """One curve of a panel: labels and probabilities of one label, drawn in ``color``."""
 
     y: np.ndarray
@@ -96,7 +96,7 @@ def _square(canvas: np.ndarray, y: float, x: float, half: int, color) -> None:
     canvas[y0:int(y) + half + 1, x0:int(x) + half + 1] = color
 
 
-def draw_panel(title: str, series: Sequence[Series], bins: int = 15) -> np.ndarray:
+def draw_panel(title: str, curves: Sequence[ReliabilityCurve], bins: int = 15) -> np.ndarray:
     """One reliability panel as (H, W, 3) uint8."""
     h, w = TOP + PLOT + MARGIN, MARGIN + PLOT + 12
     canvas = np.full((h, w, 3), 255, np.uint8)
@@ -111,7 +111,7 @@ def draw_panel(title: str, series: Sequence[Series], bins: int = 15) -> np.ndarr
     _line(canvas, px(0, 0), px(1, 1), GREY, width=2, dash=6)
     for a, b in (((0, 0), (1, 0)), ((0, 0), (0, 1)), ((1, 0), (1, 1)), ((0, 1), (1, 1))):
         _line(canvas, px(*a), px(*b), BLACK, width=1)
-    for s in series:
+    for s in curves:
         count, mean_p, rate = reliability_bins(s.y, s.p, bins)
         filled = count > 0
         points = [px(p, r) for p, r in zip(mean_p[filled], rate[filled])]
@@ -121,9 +121,9 @@ def draw_panel(title: str, series: Sequence[Series], bins: int = 15) -> np.ndarr
         for (y, x), sh in zip(points, share):
             _square(canvas, y, x, 2 + round(6 * float(np.sqrt(sh))), s.color)
     text(canvas, title, 6, MARGIN)
-    eces = [ece(s.y, s.p, bins) for s in series]
+    eces = [ece(s.y, s.p, bins) for s in curves]
     x = text(canvas, "ECE ", 22, MARGIN, scale=1)
-    for i, (s, e) in enumerate(zip(series, eces)):
+    for i, (s, e) in enumerate(zip(curves, eces)):
         x = text(canvas, ("" if i == 0 else " > ") + f"{e:.3f}", 22, x, s.color, scale=1)
     for tick, label in ((0.0, "0"), (0.5, "0.5"), (1.0, "1")):
         text(canvas, label, oy + 6, int(ox + tick * PLOT) - 6, scale=1)
@@ -133,10 +133,10 @@ def draw_panel(title: str, series: Sequence[Series], bins: int = 15) -> np.ndarr
 
 
 def reliability_picture(
-    panels: Sequence[tuple[str, Sequence[Series]]], bins: int = 15, columns: int = 3
+    panels: Sequence[tuple[str, Sequence[ReliabilityCurve]]], bins: int = 15, columns: int = 3
 ) -> np.ndarray:
     """Panels on a grid (``columns`` wide) with a legend row at the bottom."""
-    drawn = [draw_panel(title, series, bins) for title, series in panels]
+    drawn = [draw_panel(title, curves, bins) for title, curves in panels]
     if not drawn:
         raise ValueError("a reliability picture needs at least one panel")
     ph, pw = drawn[0].shape[:2]
@@ -171,7 +171,8 @@ def write_reliability_png(
         y = labels[:, j]
         if np.isnan(y).all():
             continue
-        panels.append((name, [Series(y, before[:, j], BEFORE), Series(y, after[:, j], AFTER)]))
+        panels.append((name, [ReliabilityCurve(y, before[:, j], BEFORE),
+                              ReliabilityCurve(y, after[:, j], AFTER)]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_png(path, reliability_picture(panels, bins))

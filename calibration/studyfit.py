@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from ichrt.calibration.metrics import roc_auc
-from ichrt.runtime.studymodel import KIND, neighbour_scores
+from ichrt.calibration.temperature import nll
+from ichrt.runtime.metrics import roc_auc
+from ichrt.runtime.probability import sigmoid
+from ichrt.runtime.studymodel import KIND, LOGIT_CLIP, neighbour_scores
 
 #: Neighbour weights tried.
 R_GRID = tuple(np.round(np.arange(0.0, 0.95, 0.05), 2))
@@ -25,11 +27,6 @@ R_GRID = tuple(np.round(np.arange(0.0, 0.95, 0.05), 2))
 def study_maxima(series: Sequence[Sequence[np.ndarray]], r: float) -> np.ndarray:
     """``max_i s_i`` per study (the largest over its series)."""
     return np.array([max(float(np.max(neighbour_scores(z, r))) for z in st) for st in series])
-
-
-def _loss(x: np.ndarray, y: np.ndarray, a: float, b: float) -> float:
-    z = a * x + b
-    return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100, ridge: float = 1e-3
@@ -50,7 +47,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100, ridge: float = 1e-
     current = loss(w)
     for _ in range(iters):
         z = w[0] * u + w[1]
-        p = 0.5 * (1.0 + np.tanh(0.5 * z))
+        p = sigmoid(z)
         g = np.array([np.mean((p - y) * u) + ridge * w[0], np.mean(p - y)])
         q = p * (1 - p)
         h = np.array([[np.mean(q * u * u) + ridge, np.mean(q * u)],
@@ -70,7 +67,7 @@ def _logistic(x: np.ndarray, y: np.ndarray, iters: int = 100, ridge: float = 1e-
         if improvement < 1e-12:
             break
     a, b = max(w[0] / sd, 1e-6), w[1] - w[0] * mu / sd
-    return float(a), float(b), _loss(x, y, a, b)
+    return float(a), float(b), nll(a * x + b, y)
 
 
 def fit(series: Sequence[Sequence[np.ndarray]], labels: Sequence[float]) -> dict[str, Any]:
@@ -91,7 +88,7 @@ def fit(series: Sequence[Sequence[np.ndarray]], labels: Sequence[float]) -> dict
     best = None
     for r in R_GRID:
         m = study_maxima(series, float(r))
-        key = (roc_auc(y, m), -_loss(m, y, 1.0, 0.0), -float(r))
+        key = (roc_auc(y, m), -nll(m, y), -float(r))
         if best is None or key > best[0]:
             best = (key, float(r))
     r = best[1]
@@ -101,7 +98,7 @@ def fit(series: Sequence[Sequence[np.ndarray]], labels: Sequence[float]) -> dict
     return {"kind": KIND, "r": r, "a": 1.0, "b": 0.0,
             "fit": {"studies": int(y.size), "positive": int((y > 0.5).sum()),
                     "auc_max": roc_auc(y, base), "auc": roc_auc(y, m),
-                    "log_loss_max": _loss(base, y, 1.0, 0.0), "log_loss": _loss(m, y, 1.0, 0.0),
+                    "log_loss_max": nll(base, y), "log_loss": nll(m, y),
                     "logistic": {"a": a, "b": b, "log_loss": loss}}}
 
 
@@ -152,5 +149,4 @@ def study_series(part: ValidationPart, p_any: np.ndarray) -> tuple[list[str], li
 def study_probability(series: Sequence[Sequence[np.ndarray]], params: dict[str, Any]) -> np.ndarray:
     """p(any) of each study under a fitted study model (as the runtime computes it)."""
     m = study_maxima(series, params["r"])
-    z = np.clip(params["a"] * m + params["b"], -30, 30)
-    return 1.0 / (1.0 + np.exp(-z))
+    return sigmoid(np.clip(params["a"] * m + params["b"], -LOGIT_CLIP, LOGIT_CLIP))

@@ -13,13 +13,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ichrt.runtime.probability import sigmoid, tempered_sigmoid
+
 #: Temperatures are searched in this range; a fit at a bound means the model is degenerate.
 T_BOUNDS: tuple[float, float] = (0.05, 20.0)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
@@ -101,5 +98,4 @@ def calibrated_probs(
     logits: np.ndarray, temperatures: Mapping[str, float], label_names: Sequence[str]
 ) -> np.ndarray:
     """``sigmoid(logits / T)`` per label column (T = 1 for labels without a temperature)."""
-    t = np.array([float(temperatures.get(name, 1.0)) for name in label_names])
-    return sigmoid(np.asarray(logits, dtype=np.float64) / t)
+    return tempered_sigmoid(logits, [float(temperatures.get(name, 1.0)) for name in label_names])

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ichrt.calibration.metrics import Interval, bootstrap_ci, sensitivity_specificity
+from ichrt.runtime.metrics import Interval, sensitivity_specificity_ci
 
 LEVELS = ("slice", "study")
 
@@ -109,22 +109,12 @@ def level_stats(
     seed: int = 0,
 ) -> LevelStats:
     """Sensitivity/specificity at ``threshold`` with bootstrap intervals (grouped if given)."""
+    sens, spec = sensitivity_specificity_ci(y, p, threshold, n=n_boot, seed=seed, groups=groups)
     y = np.asarray(y, dtype=np.float64)
-    keep = ~np.isnan(y)
-    y, p = y[keep], np.asarray(p, dtype=np.float64)[keep]
-    groups = None if groups is None else np.asarray(groups)[keep]
-
-    def stat(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
-        return np.array(sensitivity_specificity(yy, pp, threshold))
-
-    ci = bootstrap_ci(stat, y, p, n=n_boot, seed=seed, groups=groups)
+    y = y[~np.isnan(y)]
     n_pos = int((y > 0.5).sum())
-    return LevelStats(
-        sensitivity=Interval(*(float(v[0]) for v in ci)),
-        specificity=Interval(*(float(v[1]) for v in ci)),
-        positives=n_pos,
-        negatives=int(y.size - n_pos),
-    )
+    return LevelStats(sensitivity=sens, specificity=spec, positives=n_pos,
+                      negatives=int(y.size - n_pos))
 
 
 def operating_point(

@@ -14,12 +14,12 @@ from pathlib import Path
 import click
 
 from ichrt.export.datasets import FORMATS
+from ichrt.runtime.cli import EXIT_USAGE
+from ichrt.runtime.extras import ExtraNotInstalled, needs_extra
 
-EXIT_USAGE = 2
 
-
-class ExtraMissing(click.ClickException):
-    """The ``export`` extra (torch, torchvision, onnx) is not installed."""
+class ExportExtraMissing(click.ClickException, ExtraNotInstalled):
+    """The ``export`` extra (torch, torchvision, onnx) is not installed: a usage error (exit 2)."""
 
     exit_code = EXIT_USAGE
 
@@ -30,8 +30,8 @@ def _require_export_extra() -> None:
         import torch  # noqa: F401
         import torchvision  # noqa: F401
     except ImportError as exc:
-        raise ExtraMissing(f"training and export need the 'export' extra: "
-                           f"pip install 'ichrt[export]' ({exc.name} is missing)") from exc
+        raise ExportExtraMissing(needs_extra("training and export", "export",
+                                             f"{exc.name} is missing")) from exc
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -168,7 +168,7 @@ def train(data: tuple[str, ...], val_data: tuple[str, ...], fmt: str, recipe: Pa
     """
     _require_export_extra()
     from ichrt.export import train as training
-    from ichrt.export.datasets import DatasetError, DataSpec
+    from ichrt.export.datasets import DataSpec, TrainingDataError
 
     try:
         if resume:
@@ -196,7 +196,7 @@ def train(data: tuple[str, ...], val_data: tuple[str, ...], fmt: str, recipe: Pa
                 init_weights=str(init_weights) if init_weights else None, name=name)
             result = training.train(config, stages, run_dir, command=_command_line(),
                                     progress=not quiet)
-    except (DatasetError, FileNotFoundError) as exc:
+    except (TrainingDataError, FileNotFoundError) as exc:
         raise click.UsageError(str(exc)) from exc
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
@@ -227,7 +227,8 @@ def export(run: Path, out: Path, which: str, name: str | None, as_json: bool) ->
     Exit codes: 0 exported, 1 export failed its checks, 2 usage error or missing extra.
     """
     _require_export_extra()
-    from ichrt.export.onnx_export import ExportError, export_onnx, sha256_file
+    from ichrt.export.onnx_export import ExportError, export_onnx
+    from ichrt.runtime.hashing import file_sha256
 
     try:
         contract = export_onnx(run, out, which=which, name=name)
@@ -239,7 +240,7 @@ def export(run: Path, out: Path, which: str, name: str | None, as_json: bool) ->
     auc = (contract.metrics.get("validation", {}).get("auc") or {}).get("any")
     diffs = contract.provenance.get("parity_max_abs_diff", {})
     worst = max(diffs.get("probs", float("nan")), diffs.get("features", float("nan")))
-    click.echo(f"exported {out} (sha256:{sha256_file(out)[:12]}): {contract.arch}, input "
+    click.echo(f"exported {out} (sha256:{file_sha256(out)[:12]}): {contract.arch}, input "
                f"{contract.input_size}, labels {','.join(contract.labels)}, CAM "
                f"{'yes' if contract.cam_weights else 'no'}, val AUC(any) "
                f"{'n/a' if auc is None else f'{auc:.4f}'}, torch/ORT max diff {worst:.1e}")

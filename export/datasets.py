@@ -29,6 +29,7 @@ import numpy as np
 
 from ichrt.export.samples import Box, Sample, make_labels
 from ichrt.runtime.contract import DEFAULT_WINDOWS, LABELS
+from ichrt.runtime.pictures import hu_from_gray8
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ BRAIN_WINDOW: tuple[float, float] = (40.0, 80.0)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
-class DatasetError(ValueError):
+class TrainingDataError(ValueError):
     """A data folder that does not have the layout its format needs."""
 
 
@@ -95,7 +96,7 @@ def loader(fmt: str) -> Callable[..., Iterable[Sample]]:
     """The loader function registered for a format name."""
     target = FORMATS.get(fmt)
     if target is None:
-        raise DatasetError(f"unknown data format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
+        raise TrainingDataError(f"unknown data format {fmt!r}; known: {', '.join(sorted(FORMATS))}")
     module, attr = target.split(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -104,7 +105,7 @@ def iter_spec(spec: DataSpec) -> Iterator[Sample]:
     """Samples of one data spec, with ``source`` set to the spec's source name."""
     path = Path(spec.path)
     if not path.is_dir():
-        raise DatasetError(f"{path}: data folder not found")
+        raise TrainingDataError(f"{path}: data folder not found")
     for sample in loader(spec.format)(path, **dict(spec.options)):
         sample.source = spec.source_name
         yield sample
@@ -116,7 +117,7 @@ def _find_one(root: Path, names: tuple[str, ...], what: str) -> Path:
     for name in names:
         if (root / name).exists():
             return root / name
-    raise DatasetError(f"{root}: no {what} found (looked for {', '.join(names)})")
+    raise TrainingDataError(f"{root}: no {what} found (looked for {', '.join(names)})")
 
 
 def _boxes(boxes: list) -> list[Box]:
@@ -163,7 +164,7 @@ def iter_rsna(
     has_masks = (root / layout.MASKS_DIR).is_dir()
     files = sorted(image_dir.glob("*.dcm"))
     if not files:
-        raise DatasetError(f"{image_dir}: no .dcm files")
+        raise TrainingDataError(f"{image_dir}: no .dcm files")
     unlabeled = bad = count = 0
     for path in files:
         if limit is not None and count >= limit:
@@ -219,8 +220,9 @@ def gray8_to_hu(
     """Map an 8-bit windowed image back to HU.
 
     ``image`` is (H, W) or (H, W, C) uint8 with one window (level, width) per channel; a gray
-    image uses the first window. Each pixel takes the inverse of the narrowest window in which it
-    is not saturated (``margin`` gray levels from 0 and 255 count as saturated, for JPEG noise),
+    image uses the first window. Each pixel takes the inverse
+    (:func:`~ichrt.runtime.pictures.hu_from_gray8`) of the narrowest window in which it is not
+    saturated (``margin`` gray levels from 0 and 255 count as saturated, for JPEG noise),
     so a three-window image of the seed recovers HU from brain level up to bone. Where every
     channel saturates it takes the widest window's edge: what the 8-bit export threw away is not
     invented (a brain-window image cannot tell CSF from air).
@@ -233,8 +235,8 @@ def gray8_to_hu(
     hu = np.empty(img.shape[:2], np.float32)
     for i, c in enumerate(widest_first):
         level, width = windows[c]
-        v = img[:, :, c].astype(np.float32)
-        value = (level - width / 2.0) + v / 255.0 * width
+        v = img[:, :, c]
+        value = hu_from_gray8(v, level, width)
         if i == 0:
             hu[:] = value
         else:
@@ -270,7 +272,8 @@ def iter_imagefolder(
     present = {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
     missing = [name for name in classes if name not in present]
     if missing:
-        raise DatasetError(f"{root}: missing class folder(s) {missing}; found {sorted(present)}")
+        raise TrainingDataError(
+            f"{root}: missing class folder(s) {missing}; found {sorted(present)}")
     count = 0
     for name, value in classes.items():
         for path in sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in

@@ -6,7 +6,10 @@ windowing, ONNX Runtime session, temperature and study model (as ``ichrt score``
 - slice level: AUC(any) and sensitivity / specificity at the contract's threshold;
 - study level (sources with whole studies: ct-ich patients, phantom studies): AUC of the maximum
   over slices and of the contract's study model, and flagged / not flagged at the threshold with
-  bootstrap intervals over studies;
+  bootstrap intervals over studies. The study model blends neighbouring slices, so a study's
+  slices must be in scan order: phantom studies carry their DICOM identities (series, position,
+  orientation) and are ordered by :func:`ichrt.runtime.slices.scan_order`, as ``ichrt score``
+  orders them; ct-ich slices come in slice-number order from their loader;
 - localization on slices with a radiologist mask (ct-ich, BHSD, phantoms) or boxes (Roboflow):
   pointing game (the map's peak inside the mask), Dice of the map at 0.5, and per study the
   predicted lesion area summed over slices against the mask's (relative volume error: the
@@ -27,15 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from ichrt.calibration.metrics import bootstrap_ci, roc_auc, sensitivity_specificity
 from ichrt.export.samples import Sample
-from ichrt.runtime.aggregate import calibrate
+from ichrt.runtime.aggregate import calibrated_probabilities
+from ichrt.runtime.batches import window_hu
 from ichrt.runtime.explain.base import to_slice
 from ichrt.runtime.explain.metrics import boxes_to_mask, pointing_hit
 from ichrt.runtime.lesion import LESION_THRESHOLD, lesion_probabilities
-from ichrt.runtime.pipeline import window_hu
+from ichrt.runtime.metrics import roc_auc, sensitivity_specificity, sensitivity_specificity_ci
 from ichrt.runtime.session import LoadedModel, load_model
-from ichrt.runtime.slices import SliceIdentity
+from ichrt.runtime.slices import SliceIdentity, scan_order
 from ichrt.runtime.studymodel import study_any
 
 
@@ -63,7 +66,7 @@ def infer_hu(model: LoadedModel, hus: Sequence[np.ndarray], batch: int = 16) -> 
             lesion.append(lesion_probabilities(out["lesion"]))
         boxes.append(box)
     logits_all = np.concatenate(logits).astype(np.float32)
-    return Outputs(calibrate(logits_all, contract), logits_all,
+    return Outputs(calibrated_probabilities(logits_all, contract), logits_all,
                    np.concatenate(lesion) if dense else None, np.concatenate(boxes))
 
 
@@ -83,7 +86,8 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def identities_of(groups: Sequence[str], ids: Sequence[str]) -> list[SliceIdentity]:
-    """Stand-in identities (one series per group, slices in the given order) for the study model."""
+    """Stand-in identities (one series per group, slices in the given order) for the study model,
+    for sources without DICOM identities (their loaders give each group's slices in scan order)."""
     counter: dict[str, int] = {}
     out = []
     for g, i in zip(groups, ids):
@@ -96,10 +100,18 @@ def identities_of(groups: Sequence[str], ids: Sequence[str]) -> list[SliceIdenti
 
 def study_scores(
     y_any: np.ndarray, p_any: np.ndarray, groups: Sequence[str], ids: Sequence[str],
-    study_model: Mapping[str, Any] | None,
+    study_model: Mapping[str, Any] | None, identities: Sequence[SliceIdentity] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per study: label (max of known), p(any) by the maximum and by ``study_model``."""
-    idents = identities_of(groups, ids)
+    """Per study: label (max of known), p(any) by the maximum and by ``study_model``.
+
+    ``identities``: the slices' own DICOM identities, with which the study model splits a study
+    into series and orders each along the scan axis exactly as ``ichrt score`` does (position and
+    orientation, see :func:`ichrt.runtime.slices.scan_order`); without them, stand-ins (one
+    series per group, slices in the given order).
+    """
+    if identities is not None and len(identities) != len(groups):
+        raise ValueError(f"{len(identities)} identities for {len(groups)} slices")
+    idents = list(identities) if identities is not None else identities_of(groups, ids)
     members: dict[str, list[int]] = {}
     for k, g in enumerate(groups):
         members.setdefault(g, []).append(k)
@@ -115,25 +127,21 @@ def study_scores(
 def _rate_ci(y: np.ndarray, p: np.ndarray, threshold: float, n_boot: int, seed: int
              ) -> dict[str, Any]:
     se, sp = sensitivity_specificity(y, p, threshold)
-
-    def stat(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
-        return np.array(sensitivity_specificity(yy, pp, threshold))
-
-    ci = bootstrap_ci(stat, y, p, n=n_boot, seed=seed) if n_boot else None
+    ci = sensitivity_specificity_ci(y, p, threshold, n=n_boot, seed=seed) if n_boot else None
     pos, neg = int((y > 0.5).sum()), int((y <= 0.5).sum())
     return {"sensitivity": se, "specificity": sp,
             "flagged_positive": int(((p >= threshold) & (y > 0.5)).sum()), "positive": pos,
             "not_flagged_negative": int(((p < threshold) & (y <= 0.5)).sum()), "negative": neg,
             "ci": None if ci is None else {  # [estimate, low, high] of each
-                "sensitivity": [float(ci[0][0]), float(ci[1][0]), float(ci[2][0])],
-                "specificity": [float(ci[0][1]), float(ci[1][1]), float(ci[2][1])]}}
+                "sensitivity": list(ci[0]), "specificity": list(ci[1])}}
 
 
 def evaluate_samples(
     model: LoadedModel, samples: Sequence[Sample], name: str, studies: bool = False,
-    n_boot: int = 1000, seed: int = 0,
+    n_boot: int = 1000, seed: int = 0, identities: Sequence[SliceIdentity] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of the module docstring on ``samples`` (one source)."""
+    """Every figure of the module docstring on ``samples`` (one source); ``identities`` (one a
+    sample, e.g. from :func:`phantom_slices`) order the study model's slices by scan position."""
     contract = model.contract
     out = infer_hu(model, [s.hu for s in samples])
     y = np.stack([s.labels for s in samples]).astype(np.float64)
@@ -149,7 +157,7 @@ def evaluate_samples(
     groups = [s.group for s in samples]
     if studies:
         st = study_scores(y[:, 0], out.probs[:, 0], groups, [s.id for s in samples],
-                          contract.study_model)
+                          contract.study_model, identities)
         known = ~np.isnan(st["y"])
         doc["study"] = {
             "studies": int(known.sum()), "positive": int((st["y"][known] > 0.5).sum()),
@@ -218,13 +226,46 @@ def held_out(name: str, root: Path, seed: int = 0, val_fraction: float = 0.2,
     return [samples[i] for i in val]
 
 
-def phantom_samples(folder: Path) -> list[Sample]:
-    """Every slice of an ``ichrt synth`` folder, with masks, grouped by study, in scan order."""
-    from ichrt.export.datasets import iter_rsna
+def phantom_slices(folder: Path) -> tuple[list[Sample], list[SliceIdentity]]:
+    """Every slice of an ``ichrt synth`` folder with masks, and its DICOM identity.
 
+    Grouped by study, each study's series one after the other, each series in scan order: the
+    runtime's :func:`~ichrt.runtime.slices.scan_order` on the identities' position and
+    orientation (InstanceNumber as its fallback), what ``ichrt score`` uses, never the file
+    names (random ``ID_...`` ones for phantoms). The identities come from the runtime's own
+    ingest of each file; pass them to :func:`evaluate_samples` / :func:`study_scores`.
+    """
+    from ichrt.export.datasets import iter_rsna
+    from ichrt.runtime.dicom import read_slice
+
+    folder = Path(folder)
     samples = list(iter_rsna(folder))
-    order = sorted(range(len(samples)), key=lambda k: (samples[k].group, samples[k].id))
-    return [samples[k] for k in order]
+    image_dir = _image_dir(folder)
+    idents = [read_slice(image_dir / f"{s.id}.dcm").identity for s in samples]
+    members: dict[tuple[str, str], list[int]] = {}
+    for k, (s, ident) in enumerate(zip(samples, idents)):
+        members.setdefault((s.group, ident.series_uid), []).append(k)
+    order: list[int] = []
+    for key in sorted(members):
+        idx = members[key]
+        ranks, _ = scan_order([idents[k] for k in idx])
+        order += [idx[r] for r in ranks]
+    return [samples[k] for k in order], [idents[k] for k in order]
+
+
+def phantom_samples(folder: Path) -> list[Sample]:
+    """The samples of :func:`phantom_slices` (each study's slices in scan order)."""
+    return phantom_slices(folder)[0]
+
+
+def _image_dir(folder: Path) -> Path:
+    """The image folder of an RSNA-layout folder, as :func:`ichrt.export.datasets.iter_rsna`
+    finds it."""
+    from ichrt.export.datasets import _find_one
+    from ichrt.runtime import rsna_layout as layout
+
+    return _find_one(folder, (layout.IMAGES_DIR, "stage_1_train_images", "stage_2_train_images"),
+                     "image folder")
 
 
 def evaluate_realct(model: LoadedModel, folder: Path) -> list[dict[str, Any]]:
@@ -275,9 +316,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    n_boot=args.bootstrap))
             print(json.dumps(doc["results"][-1]), file=sys.stderr)
     for folder in args.phantoms:
-        doc["results"].append(evaluate_samples(model, phantom_samples(folder),
-                                               f"phantom:{folder.name}", studies=True,
-                                               n_boot=args.bootstrap))
+        samples, identities = phantom_slices(folder)
+        doc["results"].append(evaluate_samples(model, samples, f"phantom:{folder.name}",
+                                               studies=True, n_boot=args.bootstrap,
+                                               identities=identities))
         print(json.dumps(doc["results"][-1]), file=sys.stderr)
     if args.realct:
         doc["realct"] = evaluate_realct(model, args.realct)

@@ -9,16 +9,16 @@
   and ONNX Runtime is checked against torch on the same input before anything is written.
 - ``labels.json`` beside it: label names and order, thresholds, and the class-folder mapping of
   ImageFolder training data.
-- ``<model>.pt`` beside it: the torch weights tied to the ONNX graph by the SHA-256 of the graph
-  (weights and operators, metadata left out: :func:`graph_sha256`), for on-demand Grad-CAM
-  (:func:`load_torch_twin`). Calibration rewrites only the metadata (temperatures, thresholds),
-  so a calibrated model keeps its twin; a quantized graph does not.
+- ``<model>.pt`` beside it: the torch twin (:mod:`ichrt.runtime.torchtwin`, which defines its
+  format and reads it for on-demand Grad-CAM), tied to the ONNX graph by the SHA-256 of the graph
+  (weights and operators, metadata left out: :func:`~ichrt.runtime.hashing.graph_sha256`).
+  Calibration rewrites only the metadata (temperatures, thresholds), so a calibrated model keeps
+  its twin; a quantized graph does not.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -31,18 +31,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ichrt.export.models import (
-    IchNet,
-    LesionNet,
-    build_model,
-    cam_parameters,
-    count_parameters,
-)
+from ichrt.export.models import cam_parameters, count_parameters
 from ichrt.export.provenance import versions
+from ichrt.nets import IchNet, LesionNet, build_model
 from ichrt.runtime.contract import ModelContract
+from ichrt.runtime.hashing import file_sha256
+from ichrt.runtime.torchtwin import save_torch_twin
 
 OPSET = 18
-TWIN_FORMAT = "ichrt-torch-twin-1"
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("probs", "logits", "features")
 #: Dense models add ``lesion``: lesion logits (N, 1, S/stride, S/stride).
@@ -107,24 +103,6 @@ def load_checkpoint(path: Path) -> tuple[IchNet, dict[str, Any], dict[str, Any] 
     return model, meta, metrics
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def graph_sha256(path: str | Path) -> str:
-    """SHA-256 of an ONNX model's graph and opsets, without ``metadata_props`` and doc string."""
-    import onnx
-
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    proto.doc_string = ""
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
-
-
 def _validation_metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     keep = ("auc", "sensitivity", "specificity", "threshold", "val_loss", "n_val", "per_source",
             "stage", "epoch", "global_step", "complete")
@@ -160,11 +138,11 @@ def build_contract(model: IchNet, meta: dict[str, Any], metrics: dict[str, Any] 
 def _example_input(contract: ModelContract, n: int = 2) -> torch.Tensor:
     """Phantom slices (a positive study) through the runtime's windowing: the export's trace
     input and parity check."""
+    from ichrt.runtime.batches import window_hu
     from ichrt.runtime.synth import generate_study
-    from ichrt.runtime.windowing import window_batch
 
     hu = generate_study(seed=7, n_slices=n, size=128, positive=True).hu[:n]
-    return torch.from_numpy(window_batch(hu, contract))
+    return torch.from_numpy(window_hu(hu, contract)[0])
 
 
 def _torch_export(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -242,12 +220,10 @@ def export_onnx(
     tmp_out = out.with_suffix(out.suffix + ".tmp")
     onnx.save(proto, str(tmp_out))
     os.replace(tmp_out, out)
-    sha = sha256_file(out)
+    sha = file_sha256(out)
     _write_labels(Path(labels_json) if labels_json else out.parent / "labels.json", out, sha,
                   contract, meta)
-    torch.save({"format": TWIN_FORMAT, "arch": contract.arch, "labels": list(contract.labels),
-                "onnx_sha256": sha, "graph_sha256": graph_sha256(out), "contract": contract.to_dict(), "model": model.state_dict()},
-               out.with_suffix(".pt"))
+    save_torch_twin(model, contract, out, sha)
     return contract
 
 
@@ -262,22 +238,3 @@ def _write_labels(path: Path, model_path: Path, sha: str, contract: ModelContrac
         "class_mapping": meta.get("provenance", {}).get("class_mapping", {}),
     }
     path.write_text(json.dumps(doc, indent=2) + "\n")
-
-
-def load_torch_twin(pt_path: str | Path, onnx_path: str | Path | None = None) -> tuple[IchNet,
-                                                                                      ModelContract]:
-    """The torch model written beside an ONNX file, in eval mode, with its contract.
-
-    With ``onnx_path`` the twin must name that file's graph (:func:`graph_sha256`), so Grad-CAM
-    never explains other weights than the ones that scored.
-    """
-    pt_path = Path(pt_path)
-    state = torch.load(pt_path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != TWIN_FORMAT:
-        raise ExportError(f"{pt_path}: not an ichrt torch twin ({TWIN_FORMAT})")
-    if onnx_path is not None and graph_sha256(onnx_path) != state.get("graph_sha256"):
-        raise ExportError(f"{pt_path}: weights belong to another model than {onnx_path} "
-                          "(graph SHA-256 differs); export them together again")
-    model = build_model(state["arch"], len(state["labels"]))
-    model.load_state_dict(state["model"])
-    return model.eval(), ModelContract.from_dict(state["contract"])

@@ -211,19 +211,13 @@ def model_features(
 ) -> np.ndarray:
     """(N, K) global average of the model's ``features`` output for each sample, preprocessed
     exactly as scoring does (the contract's windows, framing and size)."""
-    from ichrt.runtime.framing import head_boxes
+    from ichrt.runtime.batches import window_hu
     from ichrt.runtime.session import load_model
-    from ichrt.runtime.windowing import centred_boxes, window_batch
 
     loaded = load_model(model, provider=provider)
-    contract = loaded.contract
     out = []
     for start in range(0, len(samples), batch_size):
-        tensors = []
-        for s in samples[start:start + batch_size]:
-            hu = np.asarray(s.hu, np.float32)[None]
-            boxes = head_boxes(hu) if contract.framing == "head" else centred_boxes(1, *hu.shape[1:])
-            tensors.append(window_batch(hu, contract, boxes))
-        feats = loaded.run(np.concatenate(tensors), outputs=("features",))["features"]
+        tensor, _ = window_hu([s.hu for s in samples[start:start + batch_size]], loaded.contract)
+        feats = loaded.run(tensor, outputs=("features",))["features"]
         out.append(feats.mean(axis=(2, 3)))
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

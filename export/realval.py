@@ -1,11 +1,16 @@
-"""Validation parts for calibration: held-out real groups and phantom studies, as raw logits.
+"""Validation parts for calibration from the held-out groups of the real sources, as raw logits.
 
 ``ichrt calibrate threshold --real DIR`` calibrates on what the product meets: the held-out groups
 of every real source of ``DIR`` (the validation side of training's grouped split, so no patient,
-scan or image the model trained on) beside phantom studies. This module runs the model over
-them through the runtime's own framing and windowing (:func:`ichrt.export.lesion_eval.infer_hu`)
-and hands :func:`ichrt.calibration.fit.calibrate_on_studies` one
+scan or image the model trained on) beside phantom studies
+(:func:`ichrt.calibration.parts.phantom_part`). This module runs the model over them through the
+runtime's own framing and windowing (:func:`ichrt.export.lesion_eval.infer_hu`) and hands
+:func:`ichrt.calibration.fit.calibrate_on_studies` one
 :class:`~ichrt.calibration.studyfit.ValidationPart` per source.
+
+Calibration may not import export, so :func:`real_parts` reaches it as a plugin: the entry point
+``real`` of the group ``ichrt.validation_parts`` (pyproject.toml), found by
+:func:`ichrt.calibration.parts.real_parts_provider`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import numpy as np
 from ichrt.calibration.studyfit import ValidationPart
 from ichrt.export.lesion_eval import held_out, infer_hu
 from ichrt.runtime.session import LoadedModel
-from ichrt.runtime.slices import scan_order
 
 #: Real sources whose groups are whole studies (ct-ich: one patient's slices, skull base up).
 WHOLE_STUDY_SOURCES = ("ctich",)
@@ -41,25 +45,3 @@ def real_parts(
             whole_studies=name in WHOLE_STUDY_SOURCES, real=True,
             notes={"split": f"held-out groups, val_fraction {val_fraction}, seed {seed}"}))
     return parts
-
-
-def phantom_part(model: LoadedModel, folder: str | Path, batch_size: int = 16) -> ValidationPart:
-    """Every slice of an ``ichrt synth`` folder (DICOM, read by the runtime), one group a study."""
-    from ichrt.calibration.dataset import open_labelled
-    from ichrt.calibration.predictions import predict
-
-    data = open_labelled(folder)
-    preds = predict({"m": model}, data.files, model.contract, batch_size)
-    idents = preds.identities
-    order = np.zeros(len(idents), np.int64)
-    members: dict[str, list[int]] = {}
-    for k, ident in enumerate(idents):
-        members.setdefault(ident.study_uid, []).append(k)
-    for idx in members.values():
-        ranks, _ = scan_order([idents[k] for k in idx])
-        for rank, j in enumerate(ranks):
-            order[idx[j]] = rank
-    return ValidationPart(
-        source=f"phantom:{Path(folder).name}", logits=preds.logits["m"],
-        labels=data.labels_of(idents), groups=[i.study_uid for i in idents], order=order,
-        whole_studies=True, real=False)

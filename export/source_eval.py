@@ -20,33 +20,32 @@ from typing import Any
 
 import numpy as np
 
-from ichrt.calibration.metrics import roc_auc, sensitivity_specificity
 from ichrt.export.sources import SOURCES, load_source
 from ichrt.export.splits import grouped_split
-from ichrt.runtime.aggregate import calibrate
+from ichrt.runtime.aggregate import calibrated_probabilities
+from ichrt.runtime.batches import window_hu
 from ichrt.runtime.explain.base import to_slice
 from ichrt.runtime.explain.cam import cam_maps
 from ichrt.runtime.explain.metrics import boxes_to_mask, energy_share, pointing_hit
-from ichrt.runtime.framing import head_boxes
+from ichrt.runtime.metrics import roc_auc, sensitivity_specificity
 from ichrt.runtime.session import LoadedModel, load_model
-from ichrt.runtime.windowing import window_batch
 
 
 def score_hu(model: LoadedModel, hu: list[np.ndarray], batch: int = 16
              ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Calibrated probabilities (N, labels) and ``any`` CAM maps on each slice's own pixels."""
+    """Calibrated probabilities (N, labels) and ``any`` CAM maps on each slice's own pixels,
+    ``batch`` slices per model call."""
     contract = model.contract
-    probs, cams = [], []
+    probs = [np.zeros((0, len(contract.labels)), np.float32)]
+    cams: list[np.ndarray] = []
     for start in range(0, len(hu), batch):
-        for item in hu[start:start + batch]:
-            stack = item[None].astype(np.float32)
-            box = head_boxes(stack) if contract.framing == "head" else None
-            out = model.run(window_batch(stack, contract, boxes=box), ("logits", "features"))
-            probs.append(calibrate(out["logits"], contract)[0])
-            frame = box[0] if box is not None else (0, 0, *item.shape)
-            cam = cam_maps(out["features"], contract, label="any")[0]
-            cams.append(to_slice(cam, frame, item.shape))
-    return np.asarray(probs), cams
+        chunk = hu[start:start + batch]
+        tensor, boxes = window_hu(chunk, contract)
+        out = model.run(tensor, ("logits", "features"))
+        probs.append(calibrated_probabilities(out["logits"], contract))
+        maps = cam_maps(out["features"], contract, label="any")
+        cams += [to_slice(cam, box, item.shape) for cam, box, item in zip(maps, boxes, chunk)]
+    return np.concatenate(probs), cams
 
 
 def _localization(cams: list[np.ndarray], masks: list[np.ndarray | None]) -> dict[str, Any]:

@@ -1,94 +1,15 @@
 """Loaders for the real, publisher-windowed head-CT images of ``shared/realtrain/``.
 
-Four public sources (see that folder's README for licences and credit) become
-:class:`~ichrt.export.samples.Sample` objects like every other training source: a slice in HU,
-six labels in :data:`~ichrt.runtime.contract.LABELS` order (NaN where the source does not say),
-a hemorrhage mask or lesion boxes where given, and a group that a split must never cut.
+Four public sources (``ctich``, ``roboflow``, ``bhsd``, ``rsna200``; licences and credit in that
+folder's README) become :class:`~ichrt.export.samples.Sample` objects like every other training
+source: a slice in HU, six labels in :data:`~ichrt.runtime.contract.LABELS` order (NaN where the
+source does not say), a hemorrhage mask or lesion boxes where given, and a group that a split
+must never cut. Their 8-bit gray is mapped back to HU by :class:`GrayWindow` (background to air,
+saturated pixels to :data:`BONE_HU`); the windows of Roboflow and BHSD are estimated by
+:func:`estimate_window`.
 
-All four are 8-bit images that their publishers windowed. :class:`GrayWindow` maps gray back to
-the HU range of the window (``low + gray / 255 * width``) with two exceptions, so that
-:func:`ichrt.runtime.framing.head_boxes` and the bone channel see a plausible head:
-
-- the clipped background (gray <= ``air_max`` and 4-connected to the image border, i.e. outside
-  the head) becomes air, -1000 HU; dark pixels inside the head (fat, sinus air, clipped CSF) keep
-  the window's lower edge, since the export threw away what they were;
-- saturated pixels (gray >= ``bone_min``) become :data:`BONE_HU` (1000 HU). They are almost all
-  skull; 1000 HU lies between diploe (~400-800) and cortical bone (~1500-2000), far above any
-  soft tissue, so the skull shows in a bone window. The true value is unknowable (calcifications
-  and dense contrast saturate too), so the loaders take ``bone_hu`` as an option and training
-  should jitter it.
-
-Sources (counts as published in the folder; tests check them):
-
-========= ======================================================================================
-ctich     PhysioNet ct-ich: 1852 slices, 50 patients, 208 with hemorrhage. Window 40/120 (-20..100
-          HU), stated by the export script and confirmed by the files: exactly 121 gray levels
-          occur, floor((HU + 20) * 255 / 120) of each integer HU (so the linear inverse reads
-          up to 0.5 HU low). Subtypes from ``labels.csv`` by column name; ``any`` = 1 -
-          No_Hemorrhage (checked against the subtypes); union masks from ``mask/N.png``. Stored turned a quarter: the face points right; loaded turned 90
-          degrees counter-clockwise so that anterior is up. Group: PatientNumber.
-roboflow  Roboflow "brain-hemorrhage-detection" v1: 833 JPEGs 640x640 = 355 source images (237
-          exported three times, pixel-identical with identical labels; ``dedupe=True`` keeps
-          one), 231 files without a box. YOLO boxes -> pixel boxes; class names read from
-          ``data.yaml`` (EDH, IPH, IVH, SAH, SDH). ``any`` and the five subtypes are known for
-          every image: a class without a box is negative. Window estimated 40/120 (below).
-          Groups: ``group_by="image"`` takes the name before ``_jpg.rf.`` (355 groups, the
-          README's rule); the default ``"scan"`` also joins neighbouring slices of one scan:
-          names are ``<series>_<slice>``, and slices of one series whose numbers lie within
-          :data:`SCAN_GAP` of each other form one group (41 groups). Neighbouring slices of one
-          scan look alike, so splitting them apart leaks as surely as copies do.
-bhsd      BHSD: 72 slices 512x512, all with hemorrhage. Mask colours (pure RGB, no anti-aliasing
-          in these files; channels are thresholded at 128): EDH red, IPH blue, IVH yellow, SAH
-          cyan, SDH green -> per-subtype masks (:func:`bhsd_subtype_masks`) and all six labels;
-          the sample keeps their union. Window estimated 127.5/255 (0..255 HU, below).
-          Orientation is mixed, not uniformly upside down: 30 of the 72 slices (listed in
-          :data:`BHSD_UPSIDE_DOWN`, read one by one from the face, orbits, frontal sinus,
-          pineal/choroid calcifications and head-holder position) are flipped top to bottom on
-          loading; the other 42 are already anterior-up. Group: the first three digits of the
-          six-digit name (45 groups; e.g. 145014/145015/145017 show one hematoma at three
-          levels, while other pairs differ, so the prefix is a conservative guess of the scan).
-rsna200   RSNA 2019: 224x224 PNG, brain window 40/80 (0..80 HU). ``normal/`` -> all six labels 0;
-          ``intraparenchymal/`` -> any 1, intraparenchymal 1, other subtypes NaN (a slice may
-          hold more than one type); ``unlabeled/`` -> all NaN, loaded only with
-          ``unlabeled=True``. Each image is its own group (no patient or study ids are given).
-          Two ``normal/`` files (ID_c3fdc5156, ID_db2298819) are entirely black (failed exports
-          or slices outside the head); they load as all-air slices.
-========= ======================================================================================
-
-Window estimation for Roboflow and BHSD (:func:`estimate_window`). The brain parenchyma enclosed
-by the skull has about the same HU and the same spread in every adult head CT, so its gray mode
-gives the level and its gray interquartile range gives the width:
-``width = 255 * BRAIN_IQR_HU / iqr_gray`` and ``level = BRAIN_MODE_HU - width * (mode_gray / 255
-- 0.5)``. The two constants are measured on ct-ich, whose window is known (medians over its
-slices: mode 38.8 HU, IQR 9.9 HU). Checked on RSNA, whose window is also known (40/80), the
-estimator gives 50/94 (RSNA brains read 30 HU), so expect errors of about 10 HU in level and 20%
-in width. A second anchor,
-the hemorrhage-to-brain contrast (ct-ich masks: median blood 57.6 HU, 20.7 HU above brain),
-gives the width where masks or boxes exist. Results:
-
-- Roboflow: brain mode 122 and IQR 21 gray, the same as ct-ich's 125 and 21, give 41.4/120; the
-  box anchor (75th percentile inside boxes 33 gray above brain) gives a width of 153, biased
-  upwards by loose boxes. Adopted: 40/120, the ct-ich window, which it matches. The per-series
-  brain mode varies by about +-15 gray (106..148), which may be scanners or windows; one window
-  per source is kept. JPEG noise: background reads 1-8 instead of 0, so ``air_max=8`` and
-  ``bone_min=250``.
-- BHSD: brain mode 30 and IQR 11 gray give 126.5/230; the blood anchor (mask median 22 gray
-  above brain) gives a width of 243. All 256 gray levels occur, evenly filled, so the width is at
-  least 255 for integer HU. Adopted: 127.5/255, i.e. HU clipped to 0..255 and cast to 8 bits;
-  brain then reads 30 HU, as on RSNA.
-
-What identifies each source in the image (for the training recipe to remove; these survive the
-HU mapping): the clip range of soft tissue (ct-ich and Roboflow -20..100 HU, RSNA 0..80, BHSD
-0..255, so BHSD alone shows fat-to-CSF and blood-to-bone gradations); quantization (ct-ich integer
-HU on a 2.125-gray comb; RSNA 0.31 HU steps; Roboflow JPEG 8x8 blocking and ringing; BHSD 1 HU);
-resolution (RSNA downsampled to 224, smoother: brain IQR 8.5 HU against 9.9 for ct-ich and
-Roboflow and 11 for BHSD; Roboflow resampled to 640; ct-ich and BHSD 512); framing, as the median
-side of :func:`~ichrt.runtime.framing.head_boxes` over the image side, is alike (ct-ich 0.80,
-Roboflow 0.84, BHSD 0.80, RSNA 0.79) but in pixels the head spans about 410 (ct-ich, BHSD), 535
-(Roboflow) and 177 (RSNA), so after framing RSNA is upsampled and the others downsampled; the
-curved head holder shows in many slices of every source; none has burnt-in text. Orientation is
-normalized here (anterior up). :mod:`ichrt.export.realaug` re-exports slices at a common window
-to blur the intensity signatures.
+Each source's layout, labels, orientation, groups and window, how the windows were estimated and
+how accurate that is, and what identifies each source in the image: ``docs/sources.md``.
 """
 
 from __future__ import annotations
@@ -105,10 +26,11 @@ import numpy as np
 from ichrt.export.samples import Box, Sample, make_labels
 from ichrt.runtime.contract import SUBTYPES
 from ichrt.runtime.framing import border_connected
+from ichrt.runtime.pictures import hu_from_gray8
 
 #: HU given to the background outside the head.
 AIR_HU = -1000.0
-#: HU given to saturated (gray 255) pixels: dense bone (see the module docstring).
+#: HU given to saturated (gray 255) pixels: dense bone (why: docs/sources.md).
 BONE_HU = 1000.0
 #: Roboflow: slices of one series whose numbers differ by at most this belong to one scan.
 SCAN_GAP = 30
@@ -184,11 +106,11 @@ class GrayWindow:
         return (hu - self.low) / self.width * 255.0
 
     def to_hu(self, gray: np.ndarray, bone_hu: float = BONE_HU) -> np.ndarray:
-        """float32 HU of a uint8 (H, W) image (see the module docstring)."""
+        """float32 HU of a uint8 (H, W) image (the mapping: docs/sources.md)."""
         gray = np.asarray(gray)
         if gray.dtype != np.uint8 or gray.ndim != 2:
             raise ValueError(f"expected a uint8 (H, W) image, got {gray.dtype} {gray.shape}")
-        hu = np.float32(self.low) + gray.astype(np.float32) * np.float32(self.width / 255.0)
+        hu = hu_from_gray8(gray, self.low + self.width / 2.0, self.width)
         hu[gray >= self.bone_min] = bone_hu
         hu[border_connected(gray <= self.air_max)] = AIR_HU
         return hu
@@ -454,7 +376,7 @@ SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
         Source("ctich", GrayWindow(40.0, 120.0), ctich_entries, read_binary_mask),
-        # Roboflow and BHSD windows are estimates (see the module docstring).
+        # Roboflow and BHSD windows are estimates (see docs/sources.md).
         Source("roboflow", GrayWindow(40.0, 120.0, air_max=8, bone_min=250), roboflow_entries),
         Source("bhsd", GrayWindow(127.5, 255.0), bhsd_entries, read_bhsd_mask),
         Source("rsna200", GrayWindow(40.0, 80.0), rsna200_entries),
@@ -651,7 +573,7 @@ def estimate_window(grays: list[np.ndarray], bone_min: int = 250) -> tuple[float
     """(level, width) in HU of the window that made a set of 8-bit slices of one source.
 
     Uses the medians of :func:`tissue_stats` over the slices and the brain constants
-    :data:`BRAIN_MODE_HU` and :data:`BRAIN_IQR_HU` (see the module docstring for its accuracy).
+    :data:`BRAIN_MODE_HU` and :data:`BRAIN_IQR_HU` (docs/sources.md gives its accuracy).
     """
     stats = [s for s in (tissue_stats(g, bone_min) for g in grays) if s is not None]
     if not stats:

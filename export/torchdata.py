@@ -1,10 +1,11 @@
 """Samples -> model tensors for training, through the runtime's own preprocessing.
 
-:class:`SliceStore` packs samples compactly (HU as int16, region masks bit-packed, the head box
-computed once). :class:`SliceDataset` turns a stored slice into the model input with
-:func:`ichrt.runtime.windowing.window_batch` and :func:`ichrt.runtime.framing.head_boxes`, the very
-code that scoring runs, so training and inference cannot drift; augmentation wraps around it (see
-:mod:`ichrt.export.augment`). :class:`EpochSampler` draws a reproducible, optionally class-balanced
+:class:`SliceStore` packs samples compactly (HU as int16, region masks bit-packed).
+:class:`SliceDataset` turns a stored slice into the model input with
+:func:`ichrt.runtime.batches.window_hu`, the very function that scoring runs, so training and
+inference cannot drift; augmentation wraps around it (see :mod:`ichrt.export.augment`): only its
+jittered framing box needs the windowing kernel called with a given box (``window_hu`` frames by
+the contract). :class:`EpochSampler` draws a reproducible, optionally class-balanced
 order per epoch together with one augmentation seed per draw, and can skip the draws already
 consumed when a run resumes mid-epoch.
 """
@@ -31,9 +32,9 @@ from ichrt.export.augment import (
 )
 from ichrt.export.insertion import DonorBank, InsertionConfig
 from ichrt.export.samples import Sample
+from ichrt.runtime.batches import window_hu
 from ichrt.runtime.contract import LABELS, ModelContract
-from ichrt.runtime.framing import head_boxes
-from ichrt.runtime.windowing import centred_boxes, window_batch
+from ichrt.runtime.framing import frame_boxes
 
 BALANCE_MODES = ("none", "class", "source")
 #: :attr:`SliceStore.region_kind` values: no region, a pixel mask, rasterized (weak) boxes.
@@ -121,7 +122,6 @@ class SliceStore:
     pack: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABELS)), np.float32))
-    head_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.int64))
     groups: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
@@ -134,7 +134,7 @@ class SliceStore:
     ) -> SliceStore:
         """Pack samples (consumed one at a time, so an iterator never lives in memory whole)."""
         pixels, bits, shapes = Chunks(torch.int16), Chunks(torch.uint8), []
-        labels, boxes, kinds = [], [], []
+        labels, kinds = [], []
         store = cls()
         for s in samples:
             hu = np.asarray(s.hu, np.float32)
@@ -145,7 +145,6 @@ class SliceStore:
             bits.append(np.packbits(region, axis=None) if region is not None
                         else np.zeros(0, np.uint8))
             labels.append(np.asarray(s.labels, np.float32).reshape(len(LABELS)))
-            boxes.append(np.asarray(head_boxes(hu[None]))[0])
             store.groups.append(s.group)
             store.sources.append(s.source)
             store.ids.append(s.id)
@@ -158,7 +157,6 @@ class SliceStore:
         store.row = np.arange(n, dtype=np.int64)
         if n:
             store.labels = np.stack(labels)
-            store.head_boxes = np.stack(boxes).astype(np.int64)
             store.region_kind = np.array(kinds, np.int8)
         return store
 
@@ -182,7 +180,7 @@ class SliceStore:
         idx = np.asarray([int(i) for i in indices], np.int64)
         return SliceStore(
             packs=self.packs, pack=self.pack[idx], row=self.row[idx], labels=self.labels[idx],
-            head_boxes=self.head_boxes[idx], groups=[self.groups[i] for i in idx],
+            groups=[self.groups[i] for i in idx],
             sources=[self.sources[i] for i in idx], ids=[self.ids[i] for i in idx],
             region_kind=self.region_kind[idx],
         )
@@ -206,7 +204,6 @@ class SliceStore:
         if stores:
             out.pack, out.row = np.concatenate(packs), np.concatenate(rows)
             out.labels = np.concatenate([s.labels for s in stores])
-            out.head_boxes = np.concatenate([s.head_boxes for s in stores])
             out.region_kind = np.concatenate([s.region_kind for s in stores])
         return out
 
@@ -262,33 +259,41 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.store)
 
-    def _box(self, i: int) -> np.ndarray:
-        if self.contract.framing == "head":
-            return self.store.head_boxes[i]
-        return centred_boxes(1, *self.store.shape(i))[0].astype(np.int64)
+    def _augmented_window(self, i: int, pixels: np.ndarray, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """(1, C, S, S) tensor and (1, 4) box of row ``i`` (``pixels``: its possibly inserted HU)
+        with the framing and HU-side augmentations.
+
+        The contract's framing box (of the stored slice, as ``window_hu`` would frame it) is
+        jittered in scale and position, and :func:`~ichrt.runtime.batches.window_hu` windows
+        with that box (applying the simulated scanner calibration in the same pass).
+        """
+        cfg = self.augment
+        frame = frame_boxes(self.store.hu(i)[None], self.contract.framing)[0]
+        box = jitter_box(frame, rng, cfg)[None]
+        slope, intercept = hu_calibration(rng, cfg)
+        pixels = hu_side(pixels, self.store.sources[i], rng, cfg)
+        image, _ = window_hu([pixels], self.contract, boxes=box, slopes=np.array([slope]),
+                             intercepts=np.array([intercept]))
+        return image, box
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-
         i, seed = key if isinstance(key, tuple) else (key, None)
         i = int(i)
         cfg = self.augment
         rng = np.random.default_rng(seed) if cfg is not None else None
-        pixels, box = self.store.hu(i), self._box(i)
+        pixels = self.store.hu(i)
         labels = self.store.labels[i].copy()
         kind = int(self.store.region_kind[i]) if len(self.store.region_kind) else NO_REGION
         mask = self.store.region(i) if (self.with_regions or self.insertion) else None
-        slope, intercept = 1.0, 0.0
-        if rng is not None:
+        if rng is None:
+            image, boxes = window_hu([pixels], self.contract)
+        else:
             if self.insertion is not None:
                 pixels, labels, mask, kind = self.insertion.apply(pixels, labels, mask, kind, rng,
                                                                   mask_kind=MASK)
-            box = jitter_box(box, rng, cfg)
-            slope, intercept = hu_calibration(rng, cfg)
-            pixels = hu_side(pixels, self.store.sources[i], rng, cfg)
-        image = window_batch(
-            np.ascontiguousarray(pixels)[None], self.contract, boxes=box[None].astype(np.int64),
-            slopes=np.array([slope], np.float32), intercepts=np.array([intercept], np.float32),
-        )
+            image, boxes = self._augmented_window(i, pixels, rng)
+        box = boxes[0]
         x = torch.from_numpy(np.ascontiguousarray(image[0]))
         region = None
         if self.with_regions and mask is not None:

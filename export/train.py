@@ -42,12 +42,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ichrt.calibration.metrics import roc_auc, sensitivity_specificity
 from ichrt.export.appearance import AppearanceConfig
 from ichrt.export.augment import PRESETS, AugmentConfig
 from ichrt.export.datasets import DataSpec, class_mapping, iter_spec
 from ichrt.export.insertion import InsertionConfig
-from ichrt.export.models import IchNet, LesionNet, build_model, cam_maps, load_weights
+from ichrt.export.models import load_weights, torch_cam_maps
 from ichrt.export.provenance import git_revision, versions
 from ichrt.export.samples import count_by_source
 from ichrt.export.splits import grouped_split, leaked_groups
@@ -61,7 +60,9 @@ from ichrt.export.torchdata import (
     donor_bank,
     make_loader,
 )
+from ichrt.nets import IchNet, LesionNet, build_model
 from ichrt.runtime.contract import DEFAULT_WINDOWS, LABELS, ModelContract
+from ichrt.runtime.metrics import roc_auc, sensitivity_specificity
 
 RUN_JSON, CHECKPOINT, BEST, METRICS = "run.json", "checkpoint.pt", "best.pt", "metrics.jsonl"
 CHECKPOINT_FORMAT = "ichrt-train-checkpoint-1"
@@ -185,7 +186,7 @@ def cam_share_loss(
 
     Zero when no row is used or the head has no CAM form.
     """
-    cams = cam_maps(model, features)
+    cams = torch_cam_maps(model, features)
     if cams is None or not bool(use.any()):
         return features.sum() * 0.0
     cam = F.relu(cams[use, 0].float())

@@ -30,6 +30,7 @@ import numpy as np
 
 from ichrt.runtime.contract import ModelContract
 from ichrt.runtime.lesion import study_volume_ml
+from ichrt.runtime.probability import tempered_sigmoid
 from ichrt.runtime.slices import SliceIdentity
 from ichrt.runtime.studymodel import study_any
 
@@ -77,13 +78,10 @@ class StudyScore:
         return self.probs["any"]
 
 
-def calibrate(logits: np.ndarray, contract: ModelContract) -> np.ndarray:
+def calibrated_probabilities(logits: np.ndarray, contract: ModelContract) -> np.ndarray:
     """Calibrated probabilities ``sigmoid(logits / T)`` (N, labels) float32, T per label."""
-    temps = np.array([contract.temperature(label) for label in contract.labels], np.float64)
-    z = np.asarray(logits, np.float64) / temps
-    # exp of a negative number only, so large logits neither overflow nor warn.
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    temps = [contract.temperature(label) for label in contract.labels]
+    return tempered_sigmoid(logits, temps).astype(np.float32)
 
 
 def aggregate_studies(

@@ -3,18 +3,14 @@
 ``ichrt --help`` and ``ichrt score`` never import torch: each subcommand lives in its own module
 and is loaded lazily by :class:`LazyGroup`.
 
-Exit codes (the same for every subcommand):
-
-\b
-  0  success: every input was processed
-  1  runtime error (a model that cannot be loaded, an unexpected failure)
-  2  usage error (bad option, missing file or extra)
-  3  partial success: some inputs were rejected; results for the rest were still written
+Exit codes are the same for every subcommand, defined here once (:data:`EXIT_MEANINGS`); each
+command's help lists them with :func:`exit_codes_help`, adding what they mean for it.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 import click
 
@@ -22,6 +18,14 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_REJECTED = 3
+
+#: What each exit code means, for every subcommand.
+EXIT_MEANINGS: dict[int, str] = {
+    EXIT_OK: "success: every input was processed",
+    EXIT_ERROR: "runtime error (a model that cannot be loaded, an unexpected failure)",
+    EXIT_USAGE: "usage error (bad option, missing file or extra)",
+    EXIT_REJECTED: "some inputs were rejected; results for the rest were still written",
+}
 
 #: subcommand name -> "module:attribute" of its click command, imported on first use.
 COMMANDS: dict[str, str] = {
@@ -56,6 +60,20 @@ SHORT_HELP: dict[str, str] = {
 }
 
 
+def exit_codes_help(details: Mapping[int, str] | None = None) -> str:
+    """The ``Exit codes:`` block of a command's help (click ``\\b`` keeps its lines).
+
+    ``details`` replaces the meaning of some codes with what they mean for one command.
+    """
+    meanings = {**EXIT_MEANINGS, **(details or {})}
+    lines = ["\b", "Exit codes:"]
+    for code in sorted(meanings):
+        first, *rest = meanings[code].split("\n")
+        lines.append(f"  {code}  {first}")
+        lines.extend(f"     {line}" for line in rest)
+    return "\n".join(lines) + "\n"
+
+
 class LazyGroup(click.Group):
     """A click group that imports a subcommand's module only when that subcommand runs."""
 
@@ -86,20 +104,14 @@ class _Root(LazyGroup):
             ctx.meta["ichrt.listing"] = False
 
 
-@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=exit_codes_help())
 @click.version_option(package_name="ichrt")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """ichrt: triage head CT for intracranial hemorrhage at the edge.
 
     Files -> slices (HU) -> tensors -> probabilities -> studies -> worklist.
-
-    \b
-    Exit codes:
-      0  success: every input was processed
-      1  runtime error
-      2  usage error (bad option, missing file or extra)
-      3  some inputs were rejected; results for the rest were still written
     """
     from ichrt.runtime.environment import passive_openmp, quiet_pydicom
 

@@ -1,8 +1,10 @@
 """DICOM files -> CT slices in Hounsfield units with their identity, grouped into ordered series.
 
-Headers are read here; pixels are decoded by pydicom's decoder plugins (the ``codecs`` extra adds
-pylibjpeg for JPEG, JPEG-LS and JPEG 2000); the HU quirk fixes live in :mod:`.hounsfield`.
-Every input ends up either a :class:`Slice` or a :class:`Rejected` with a reason a person can act
+Each file is read once. Plain uncompressed little-endian files (what scanners and PACS send) are
+scanned in one pass by :mod:`.dicomscan`, their pixels a view of the file's bytes; everything
+else goes to :mod:`.dicomparse` (pydicom, with the codecs extra's decoders), imported only then.
+Both give the same :class:`~.dicomscan.Header` values, checked here by the same functions; the HU
+quirk fixes live in :mod:`.hounsfield`. Every input ends up either a :class:`Slice` or a :class:`Rejected` with a reason a person can act
 on: :func:`read_paths` never raises because of a bad file.
 
 Hostile files cannot exhaust memory (:class:`IngestLimits`): a file larger than any CT slice
@@ -10,8 +12,7 @@ could be is refused before it is read; the declared Rows x Columns x frames is c
 ``max_pixels`` (default 4096 x 4096) before any pixel is decoded; a deflated dataset is inflated
 in bounded steps, never beyond what its declared image needs; compressed pixel data larger than
 the image they encode are refused, and so are RLE segments whose runs would decode beyond the
-image (measured without decoding: pydicom's RLE decoder grows a segment as far as its runs say,
-pylibjpeg-rle panics); and values no CT produces (absurd rescale, implausible HU) are rejected.
+image (see :mod:`.dicomparse`); and values no CT produces (absurd rescale, implausible HU) are rejected.
 
 Multi-frame objects (NumberOfFrames > 1, Enhanced CT) are rejected rather than split: a slice is
 one file with its own SOP Instance UID, which the worklist names as the key slice, and PACS send
@@ -21,58 +22,48 @@ groups to be trusted.
 
 from __future__ import annotations
 
+import math
 import os
 import stat
-import struct
-import zlib
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileDataset
-from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
-from pydicom.pixels import get_decoder, pixel_array
-from pydicom.uid import (
-    UID,
-    CTImageStorage,
-    DeflatedExplicitVRLittleEndian,
-    EnhancedCTImageStorage,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    LegacyConvertedEnhancedCTImageStorage,
-    MediaStorageDirectoryStorage,
-    RLELossless,
+
+from .dicomscan import Header, scan_header
+from .hounsfield import HUParams, ImplausibleHU, rescale_parameters, stored_to_hu_fused
+from .slices import (
+    FirstCopies,
+    Rejected,
+    Series,
+    Slice,
+    SliceIdentity,
+    scan_order,
+    study_fields,
 )
 
-from .hounsfield import HUParams, ImplausibleHU, rescale_parameters, stored_to_hu
-from .slices import Rejected, Series, Slice, SliceIdentity, scan_order
-
 PathLike = str | os.PathLike
+#: ``hu_buffer(shape)``: a float32 (rows, columns) array to write a slice's HU into (a slot of
+#: a batch, so that batching copies nothing), or None for a new array.
+HUBuffer = Callable[[tuple[int, int]], "np.ndarray | None"]
 #: Told to the user whenever a compressed file cannot be decoded for want of a plugin.
 CODECS_HINT = 'install the codecs extra: pip install "ichrt[codecs]"'
 #: Smallest accepted image side; anything smaller is not a CT slice.
 MIN_SIDE = 8
-_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_MULTIFRAME_CT = (EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage)
-_NOT_DICOM = "not a DICOM file (no 'DICM' marker and no readable DICOM dataset)"
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+#: Enhanced CT and Legacy Converted Enhanced CT Image Storage (multi-frame).
+_MULTIFRAME_CT = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
+_DICOMDIR = "1.2.840.10008.1.3.10"
 #: Default largest image: Rows x Columns x frames (CT slices are 512 x 512, a few 1024 x 1024).
 MAX_PIXELS = 4096 * 4096
 #: What a file may hold besides its pixels (header, private tags, overlays).
 HEADER_ALLOWANCE = 16 << 20
-#: Inflated bytes of a deflated dataset read before its header is checked, and what its
-#: header may add to the declared image once inflated.
-_DEFLATE_PEEK = 256 << 10
-_DEFLATE_HEADER_ALLOWANCE = 4 << 20
-_DEFLATED_MARK = DeflatedExplicitVRLittleEndian.encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -105,10 +96,11 @@ class IngestError(Exception):
         #: :class:`Rejected`'s study fields, when the header could be read.
         self.study: dict[str, str] = {}
 
-    def within(self, ds: Dataset | None) -> IngestError:
-        """This error, with the study fields of ``ds`` (if readable and not known yet)."""
-        if ds is not None and not self.study:
-            self.study = _study_of(ds)
+    def within(self, header: Mapping[str, Any] | None) -> IngestError:
+        """This error, with the study fields of ``header`` (a :class:`Header` or pydicom
+        dataset; if readable and not known yet)."""
+        if header is not None and not self.study:
+            self.study = _study_of(header)
         return self
 
 
@@ -181,21 +173,77 @@ def _walk(folder: Path, skipped: set[str] = frozenset()) -> list[Path]:
 # ----------------------------------------------------------------------------- one file
 
 
-def read_slice(path: PathLike, limits: IngestLimits | None = None) -> Slice:
-    """Read one DICOM file into a CT slice in HU; raise :class:`IngestError` with the reason."""
+def read_slice(path: PathLike, limits: IngestLimits | None = None,
+               hu_buffer: HUBuffer | None = None) -> Slice:
+    """Read one DICOM file into a CT slice in HU; raise :class:`IngestError` with the reason.
+
+    The file is read once. Plain uncompressed little-endian files (what scanners and PACS send)
+    take the fast path: :func:`~ichrt.runtime.dicomscan.scan_header` keeps only the header values
+    a slice needs and the pixels are a view of the file's bytes. Everything else (compressed,
+    deflated, big endian, no preamble, damaged) is parsed by pydicom. Both paths check the same
+    :class:`~ichrt.runtime.dicomscan.Header` values with the same functions.
+    ``hu_buffer(shape)`` may give the array to write the HU into (see :data:`HUBuffer`).
+    """
     path = Path(path)
     limits = limits or IngestLimits()
-    ds: Dataset | None = None
+    header: Header | None = None
     try:
         mtime = _check_file(path, limits)
-        ds = _parse(path, limits)
-        return _to_slice(path, ds, mtime, limits)
+        data = _read_bytes(path, limits)
+        scanned = scan_header(data)
+        if scanned is not None and scanned.pixel_offset is not None:
+            header = scanned
+            dtype = _native_dtype(scanned)
+            if dtype is not None:
+                return _to_slice(path, scanned, mtime, limits,
+                                 lambda: _native_pixels(path, scanned, data, dtype), True,
+                                 hu_buffer)
+        from . import dicomparse  # pydicom: imported only when such a file comes
+
+        ds = dicomparse.parse(path, data, limits)
+        header = dicomparse.header_of(ds)
+        return _to_slice(path, header, mtime, limits,
+                         lambda: dicomparse.decode(path, ds, header), hu_buffer=hu_buffer)
     except IngestError as exc:
-        raise exc.within(ds) from None
+        raise exc.within(header) from None
     except MemoryError:
-        raise IngestError(path, "too large to read into memory").within(ds) from None
+        raise IngestError(path, "too large to read into memory").within(header) from None
     except Exception as exc:  # pydicom raises many kinds of errors on damaged files
-        raise IngestError(path, f"corrupt DICOM data ({_describe(exc)})").within(ds) from exc
+        raise IngestError(path, f"corrupt DICOM data ({describe(exc)})").within(header) from exc
+
+
+def _read_bytes(path: Path, limits: IngestLimits) -> bytes:
+    """The whole file (its size was checked; refused if it grew beyond the limit since).
+
+    ``read(n)`` allocates ``n`` bytes up front, so the file's current size is asked for, not
+    the limit.
+    """
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limits.max_file_bytes:
+                raise IngestError(
+                    path, f"file larger than {mib(limits.max_file_bytes)} while read")
+            return fh.read(size)
+    except OSError as exc:
+        raise IngestError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _native_dtype(header: Header) -> np.dtype | None:
+    """The NumPy dtype of native single-sample pixels (8, 16 or 32 bits), or None: pydicom's."""
+    bits = header_int(header.get("BitsAllocated"))
+    if bits not in (8, 16, 32) or header_int(header.get("SamplesPerPixel")) not in (None, 1):
+        return None
+    signed = header_int(header.get("PixelRepresentation")) == 1
+    return np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+
+
+def _native_pixels(path: Path, header: Header, data: bytes, dtype: np.dtype) -> np.ndarray:
+    """Stored values of a native image: a read-only view of ``data``, the unused high bits as
+    stored (pydicom masks or sign-extends them; :func:`stored_to_hu_fused` does on the way)."""
+    check_native_length(path, header, header.pixel_length)
+    rows, columns = header_int(header.get("Rows")) or 0, header_int(header.get("Columns")) or 0
+    return np.frombuffer(data, dtype, rows * columns, header.pixel_offset).reshape(rows, columns)
 
 
 def _check_file(path: Path, limits: IngestLimits) -> float:
@@ -214,124 +262,16 @@ def _check_file(path: Path, limits: IngestLimits) -> float:
         raise IngestError(path, "empty file")
     if info.st_size > limits.max_file_bytes:
         raise IngestError(
-            path, f"file of {_mib(info.st_size)} is larger than any CT slice within the image "
+            path, f"file of {mib(info.st_size)} is larger than any CT slice within the image "
             f"limit ({limits.max_pixels} pixels) can be")
     return info.st_mtime
 
 
-def _parse(path: Path, limits: IngestLimits) -> Dataset:
-    """The dataset of a file; files without the 'DICM' preamble are kept if they parse as DICOM."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed below, after parsing
-    except OSError as exc:
-        raise IngestError(path, f"cannot read: {exc.strerror or exc}") from None
-    with fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size > limits.max_file_bytes:  # (it grew since it was checked)
-            raise IngestError(path, f"file larger than {_mib(limits.max_file_bytes)} while read")
-        head = fh.read(4096)
-        if head[128:132] == b"DICM" and _DEFLATED_MARK in head:
-            fh.seek(0)
-            return _parse_deflated(path, fh.read(size), limits)
-        return _parse_file(path, _CappedReader(fh, size))
-
-
-def _parse_file(path: Path, reader: _CappedReader) -> Dataset:
-    try:
-        reader.seek(0)
-        return pydicom.dcmread(reader)
-    except InvalidDicomError:
-        pass
-    except OSError as exc:
-        raise IngestError(path, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        reader.seek(0)
-        ds = pydicom.dcmread(reader, force=True)
-    except Exception:  # noqa: BLE001 - forced parsing of junk fails in arbitrary ways
-        raise IngestError(path, _NOT_DICOM) from None
-    if not any(tag in ds for tag in (0x00080016, 0x00080060, 0x00280010, 0x7FE00010)):
-        raise IngestError(path, _NOT_DICOM)
-    return ds
-
-
-class _CappedReader:
-    """A binary file whose ``read(n)`` never asks for more than the file holds.
-
-    ``BufferedReader.read(n)`` allocates ``n`` bytes before reading: a damaged element length of
-    2 GB in a 1 KB file would make every value read allocate 2 GB.
-    """
-
-    def __init__(self, fh: Any, size: int) -> None:
-        self._fh = fh
-        self._size = size
-        self.name = fh.name
-
-    def read(self, n: int | None = -1) -> bytes:
-        left = max(0, self._size - self._fh.tell())
-        return self._fh.read(left if n is None or n < 0 or n > left else n)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._fh.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._fh.tell()
-
-
-def _buffer(data: bytes, path: Path) -> DicomBytesIO:
-    """``data`` as a file pydicom can parse; named, as pydicom's messages quote the name."""
-    buffer = DicomBytesIO(data)
-    buffer.name = str(path)
-    return buffer
-
-
-def _parse_deflated(path: Path, raw: bytes, limits: IngestLimits) -> Dataset:
-    """A Deflated Explicit VR Little Endian file, inflated in bounded steps.
-
-    pydicom inflates the whole dataset at once, whatever it expands to (130 KB of zeros become
-    128 MiB); here the first :data:`_DEFLATE_PEEK` bytes are inflated, the declared image checked
-    against the limit, and the rest inflated only up to what that image needs.
-    """
-    fh = _buffer(raw, path)
-    preamble = read_preamble(fh, False)
-    meta = _read_file_meta_info(fh)
-    zipped = raw[fh.tell():]
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    data = inflater.decompress(zipped, _DEFLATE_PEEK)
-    budget = limits.max_file_bytes
-    if not inflater.eof:
-        header = _partial_header(data)
-        if header is not None:
-            try:
-                _check_declared_size(path, header, limits)
-            except IngestError as exc:
-                raise exc.within(header) from None
-            budget = min(budget, _pixel_bytes(header) + _DEFLATE_HEADER_ALLOWANCE)
-        data += inflater.decompress(inflater.unconsumed_tail, max(1, budget + 1 - len(data)))
-    if len(data) > budget or (inflater.unconsumed_tail and not inflater.eof):
-        raise IngestError(
-            path, f"deflated dataset expands to more than {_mib(budget)}, beyond what its image "
-            "needs (a decompression bomb?)")
-    if not inflater.eof:
-        raise IngestError(path, "deflated dataset truncated (file cut short?)")
-    ds = read_dataset(_buffer(data, path), is_implicit_VR=False, is_little_endian=True)
-    return FileDataset(str(path), ds, preamble=preamble, file_meta=meta,
-                       is_implicit_VR=False, is_little_endian=True)
-
-
-def _partial_header(data: bytes) -> Dataset | None:
-    """The elements before the pixel data of a partly inflated dataset, or None."""
-    try:
-        return read_dataset(DicomBytesIO(data), is_implicit_VR=False, is_little_endian=True,
-                            stop_when=lambda tag, vr, length: tag >= 0x7FE00000)
-    except Exception:  # noqa: BLE001 - a header longer than the peek: the global bound applies
-        return None
-
-
-def _check_declared_size(path: Path, ds: Dataset, limits: IngestLimits) -> None:
+def check_declared_size(path: Path, header: Mapping[str, Any], limits: IngestLimits) -> None:
     """Refuse an image whose declared Rows x Columns x frames x samples exceed the limit."""
-    rows, columns = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
-    frames = max(1, _int(ds.get("NumberOfFrames")) or 1)
-    samples = max(1, _int(ds.get("SamplesPerPixel")) or 1)
+    rows, columns = header_int(header.get("Rows")) or 0, header_int(header.get("Columns")) or 0
+    frames = max(1, header_int(header.get("NumberOfFrames")) or 1)
+    samples = max(1, header_int(header.get("SamplesPerPixel")) or 1)
     if rows * columns * frames * samples > limits.max_pixels:
         what = f"{rows} x {columns}" + (f" x {frames} frames" if frames > 1 else "")
         what += f" x {samples} samples" if samples > 1 else ""
@@ -340,21 +280,26 @@ def _check_declared_size(path: Path, ds: Dataset, limits: IngestLimits) -> None:
             "(a decompression bomb, or not a CT slice; raise --max-pixels if genuine)")
 
 
-def _pixel_bytes(ds: Dataset) -> int:
+def pixel_bytes(header: Mapping[str, Any]) -> int:
     """Bytes the declared image occupies once decoded."""
-    rows, columns = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
-    frames = max(1, _int(ds.get("NumberOfFrames")) or 1)
-    samples = max(1, _int(ds.get("SamplesPerPixel")) or 1)
-    bits = max(8, min(64, _int(ds.get("BitsAllocated")) or 16))
+    rows, columns = header_int(header.get("Rows")) or 0, header_int(header.get("Columns")) or 0
+    frames = max(1, header_int(header.get("NumberOfFrames")) or 1)
+    samples = max(1, header_int(header.get("SamplesPerPixel")) or 1)
+    bits = max(8, min(64, header_int(header.get("BitsAllocated")) or 16))
     return rows * columns * frames * samples * ((bits + 7) // 8)
 
 
-def _to_slice(path: Path, ds: Dataset, mtime: float, limits: IngestLimits) -> Slice:
-    _check_declared_size(path, ds, limits)
-    _check_kind(path, ds)
-    identity = _identity(path, ds, mtime)
-    params, notes = _hu_params(path, ds)
-    stored = _decode(path, ds)
+def _to_slice(path: Path, header: Header, mtime: float, limits: IngestLimits,
+              decode: Callable[[], np.ndarray], raw_bits: bool = False,
+              hu_buffer: HUBuffer | None = None) -> Slice:
+    """The slice of a file whose header values are ``header``; ``decode()`` gives its stored
+    values (called only once the header passed every check), with the unused high bits as on
+    disk when ``raw_bits`` (they are then ignored while converting to HU)."""
+    check_declared_size(path, header, limits)
+    _check_kind(path, header)
+    identity = _identity(path, header, mtime)
+    params, notes = _hu_params(path, header)
+    stored = decode()
     if stored.shape != (identity.rows, identity.columns):
         raise IngestError(
             path,
@@ -362,54 +307,65 @@ def _to_slice(path: Path, ds: Dataset, mtime: float, limits: IngestLimits) -> Sl
             f"({identity.rows} x {identity.columns})",
         )
     try:
-        hu, fixes = stored_to_hu(stored, params, check=True)
+        out = hu_buffer(stored.shape) if hu_buffer is not None else None
+        hu, fixes = stored_to_hu_fused(stored, params, check=True, unused_bits=raw_bits,
+                                       out=out)
     except ImplausibleHU as exc:
         raise IngestError(path, f"implausible for CT: {exc}") from None
     return Slice(identity=identity, hu=hu, notes=notes + fixes)
 
 
-def _check_kind(path: Path, ds: Dataset) -> None:
+def _check_kind(path: Path, header: Mapping[str, Any]) -> None:
     """Reject what is not a single-frame grayscale CT image, saying what it is instead."""
-    sop_class = UID(_text(ds.get("SOPClassUID")) or _text(_meta(ds, "MediaStorageSOPClassUID")))
-    if sop_class == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
+    sop_class = _text(header.get("SOPClassUID")) or _text(_meta(header, "MediaStorageSOPClassUID"))
+    if sop_class == _DICOMDIR or "DirectoryRecordSequence" in header:
         raise IngestError(path, "DICOMDIR (an index of a DICOM medium), not an image")
-    kind = sop_class.name if sop_class else "unknown SOP class"
-    has_pixels = any(keyword in ds for keyword in _PIXEL_KEYWORDS)
-    modality = _text(ds.get("Modality")).upper()
-    if modality != "CT" and not (not modality and sop_class == CTImageStorage):
+    has_pixels = any(keyword in header for keyword in PIXEL_KEYWORDS)
+    modality = _text(header.get("Modality")).upper()
+    if modality != "CT" and not (not modality and sop_class == _CT_IMAGE):
         what = f"modality {modality}" if modality else "no Modality"
         image = "" if has_pixels else ", not an image"
-        raise IngestError(path, f"{what} ({kind}{image}): only CT is read")
+        raise IngestError(path, f"{what} ({_sop_class_name(sop_class)}{image}): only CT is read")
     if sop_class in _MULTIFRAME_CT:
         raise IngestError(
-            path, f"{kind} (multi-frame) is not supported: send single-frame CT Image Storage"
-        )
+            path, f"{_sop_class_name(sop_class)} (multi-frame) is not supported: send "
+            "single-frame CT Image Storage")
     if not has_pixels:
-        raise IngestError(path, _missing_pixels(ds, kind))
-    if "LOCALIZER" in _texts(ds.get("ImageType")):
+        raise IngestError(path, _missing_pixels(header, _sop_class_name(sop_class)))
+    if "LOCALIZER" in _texts(header.get("ImageType")):
         raise IngestError(path, "localizer (scout) image, not an axial slice")
-    frames = _int(ds.get("NumberOfFrames"))
+    frames = header_int(header.get("NumberOfFrames"))
     if frames is not None and frames > 1:
         raise IngestError(
             path,
             f"multi-frame object ({frames} frames) is not supported: send single-frame CT images",
         )
-    samples = _int(ds.get("SamplesPerPixel"))
-    photometric = _text(ds.get("PhotometricInterpretation")).upper()
+    samples = header_int(header.get("SamplesPerPixel"))
+    photometric = _text(header.get("PhotometricInterpretation")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2") or samples not in (None, 1):
         raise IngestError(
             path,
             f"photometric interpretation {photometric or 'missing'} "
             f"({samples or '?'} samples per pixel): not a grayscale CT image",
         )
-    if "ModalityLUTSequence" in ds and "RescaleSlope" not in ds and "RescaleIntercept" not in ds:
+    if ("ModalityLUTSequence" in header and "RescaleSlope" not in header
+            and "RescaleIntercept" not in header):
         raise IngestError(
             path, "Modality LUT Sequence instead of RescaleSlope/Intercept: not supported"
         )
 
 
-def _missing_pixels(ds: Dataset, kind: str) -> str:
-    rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
+def _sop_class_name(uid: str) -> str:
+    """The SOP class's name for a message (pydicom's UID dictionary, imported only then)."""
+    if not uid:
+        return "unknown SOP class"
+    from pydicom.uid import UID
+
+    return UID(uid).name
+
+
+def _missing_pixels(header: Mapping[str, Any], kind: str) -> str:
+    rows, columns = header_int(header.get("Rows")), header_int(header.get("Columns"))
     if rows and columns:
         return (
             f"no Pixel Data although the header describes a {rows} x {columns} image (truncated?)"
@@ -417,19 +373,19 @@ def _missing_pixels(ds: Dataset, kind: str) -> str:
     return f"no Pixel Data in this {kind} object (file truncated, or a header-only copy)"
 
 
-def _identity(path: Path, ds: Dataset, mtime: float) -> SliceIdentity:
+def _identity(path: Path, header: Mapping[str, Any], mtime: float) -> SliceIdentity:
     uids = {
-        "StudyInstanceUID": _text(ds.get("StudyInstanceUID")),
-        "SeriesInstanceUID": _text(ds.get("SeriesInstanceUID")),
-        "SOPInstanceUID": _text(ds.get("SOPInstanceUID"))
-        or _text(_meta(ds, "MediaStorageSOPInstanceUID")),
+        "StudyInstanceUID": _text(header.get("StudyInstanceUID")),
+        "SeriesInstanceUID": _text(header.get("SeriesInstanceUID")),
+        "SOPInstanceUID": _text(header.get("SOPInstanceUID"))
+        or _text(_meta(header, "MediaStorageSOPInstanceUID")),
     }
     missing = [name for name, value in uids.items() if not value]
     if missing:
         raise IngestError(
             path, f"missing {', '.join(missing)}: cannot tell which study/series it is"
         )
-    rows, columns = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
+    rows, columns = header_int(header.get("Rows")) or 0, header_int(header.get("Columns")) or 0
     if min(rows, columns) < MIN_SIDE:
         raise IngestError(path, f"image of {rows} x {columns} pixels: too small for a CT slice")
     return SliceIdentity(
@@ -437,28 +393,28 @@ def _identity(path: Path, ds: Dataset, mtime: float) -> SliceIdentity:
         study_uid=uids["StudyInstanceUID"],
         series_uid=uids["SeriesInstanceUID"],
         sop_uid=uids["SOPInstanceUID"],
-        instance_number=_int(ds.get("InstanceNumber")),
-        position=_floats(ds.get("ImagePositionPatient"), 3),
-        orientation=_orientation(ds.get("ImageOrientationPatient")),
-        accession_number=_text(ds.get("AccessionNumber")),
-        patient_id=_text(ds.get("PatientID")),
-        study_date=_text(ds.get("StudyDate")),
-        study_time=_text(ds.get("StudyTime")),
-        acquisition_date=_text(ds.get("AcquisitionDate")),
-        acquisition_time=_text(ds.get("AcquisitionTime")),
-        modality=_text(ds.get("Modality")).upper() or "CT",
+        instance_number=header_int(header.get("InstanceNumber")),
+        position=_floats(header.get("ImagePositionPatient"), 3),
+        orientation=_orientation(header.get("ImageOrientationPatient")),
+        accession_number=_text(header.get("AccessionNumber")),
+        patient_id=_text(header.get("PatientID")),
+        study_date=_text(header.get("StudyDate")),
+        study_time=_text(header.get("StudyTime")),
+        acquisition_date=_text(header.get("AcquisitionDate")),
+        acquisition_time=_text(header.get("AcquisitionTime")),
+        modality=_text(header.get("Modality")).upper() or "CT",
         file_mtime=mtime,
         rows=rows,
         columns=columns,
-        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),
-        slice_thickness=(_floats(ds.get("SliceThickness"), 1) or (None,))[0],
+        pixel_spacing=_floats(header.get("PixelSpacing"), 2),
+        slice_thickness=(_floats(header.get("SliceThickness"), 1) or (None,))[0],
     )
 
 
-def _hu_params(path: Path, ds: Dataset) -> tuple[HUParams, tuple[str, ...]]:
+def _hu_params(path: Path, header: Mapping[str, Any]) -> tuple[HUParams, tuple[str, ...]]:
     """The header's rescale, storage and padding attributes, with notes on odd values."""
     try:
-        raw_slope, raw_intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        raw_slope, raw_intercept = header.get("RescaleSlope"), header.get("RescaleIntercept")
         slope, intercept = rescale_parameters(raw_slope, raw_intercept)
     except ValueError as exc:
         raise IngestError(path, f"unusable rescale: {exc}") from None
@@ -467,160 +423,47 @@ def _hu_params(path: Path, ds: Dataset) -> tuple[HUParams, tuple[str, ...]]:
         for name, value in (("RescaleSlope", raw_slope), ("RescaleIntercept", raw_intercept))
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and len(value) > 1
     )
-    bits_allocated = _int(ds.get("BitsAllocated")) or 16
-    signed = _int(ds.get("PixelRepresentation")) == 1
+    bits_allocated = header_int(header.get("BitsAllocated")) or 16
+    signed = header_int(header.get("PixelRepresentation")) == 1
     params = HUParams(
         slope=slope,
         intercept=intercept,
         has_rescale=raw_slope is not None or raw_intercept is not None,
-        bits_stored=_int(ds.get("BitsStored")) or bits_allocated,
+        bits_stored=header_int(header.get("BitsStored")) or bits_allocated,
         signed=signed,
-        monochrome1=_text(ds.get("PhotometricInterpretation")).upper() == "MONOCHROME1",
-        padding_value=_stored_int(ds.get("PixelPaddingValue"), bits_allocated, signed),
-        padding_limit=_stored_int(ds.get("PixelPaddingRangeLimit"), bits_allocated, signed),
+        monochrome1=_text(header.get("PhotometricInterpretation")).upper() == "MONOCHROME1",
+        padding_value=_stored_int(header.get("PixelPaddingValue"), bits_allocated, signed),
+        padding_limit=_stored_int(header.get("PixelPaddingRangeLimit"), bits_allocated, signed),
     )
     return params, notes
 
 
-def _decode(path: Path, ds: Dataset) -> np.ndarray:
-    """Stored values of the single frame, decoded by pydicom (codecs come from plugins)."""
-    syntax = _transfer_syntax(ds)
-    if not syntax.is_transfer_syntax:
-        raise IngestError(path, f"unknown transfer syntax {syntax}")
-    if syntax.is_compressed:
-        try:
-            decoder = get_decoder(syntax)
-        except NotImplementedError:
-            raise IngestError(path, f"transfer syntax {syntax.name} cannot be decoded") from None
-        if not decoder.is_available:
-            raise IngestError(path, _missing_codec(syntax))
-        _check_compressed_length(path, ds, syntax)
-        if syntax == RLELossless:
-            _check_rle_segments(path, ds)
-    else:
-        _check_native_length(path, ds)
-    try:
-        return pixel_array(ds, raw=True)
-    except Exception as exc:  # damaged pixel data fails in many ways inside the codecs
-        if syntax.is_compressed and "missing dependencies" in str(exc):  # no usable plugin
-            raise IngestError(path, _missing_codec(syntax)) from exc
-        raise IngestError(path, f"missing or corrupt pixel data ({_describe(exc)})") from exc
-    except BaseException as exc:  # a codec's native panic (pyo3 PanicException) is no Exception
-        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise IngestError(path, f"corrupt pixel data, the decoder failed ({_describe(exc)})") from None
-
-
-def _check_compressed_length(path: Path, ds: Dataset, syntax: UID) -> None:
-    """Compressed pixel data much larger than the image they encode are refused: no codec
-    needs that, and decoders that trust their input could expand them far beyond the image."""
-    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
-    raw = _pixel_bytes(ds)
-    allowed = raw + raw // 64 + 4096 if syntax == RLELossless else 2 * raw + 65536
-    actual = len(ds[keyword].value or b"")
-    if actual > allowed:
-        raise IngestError(
-            path, f"compressed pixel data of {actual} bytes for an image of {raw} bytes "
-            f"({syntax.name}): corrupt or hostile")
-
-
-def _missing_codec(syntax: UID) -> str:
-    return (
-        f"compressed transfer syntax {syntax.name} needs a decoder that is not installed: "
-        + CODECS_HINT
-    )
-
-
-def _check_native_length(path: Path, ds: Dataset) -> None:
-    """Uncompressed pixel data must hold Rows x Columns samples: shorter means a cut file."""
-    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
-    bits = {"PixelData": _int(ds.get("BitsAllocated")) or 16, "FloatPixelData": 32}.get(keyword, 64)
-    expected = (_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * bits // 8
-    actual = len(ds[keyword].value or b"")
+def check_native_length(path: Path, header: Mapping[str, Any], actual: int) -> None:
+    """Uncompressed pixel data (``actual`` bytes) must hold Rows x Columns samples: shorter
+    means a cut file."""
+    keyword = next(k for k in PIXEL_KEYWORDS if k in header)
+    bits = {"PixelData": header_int(header.get("BitsAllocated")) or 16,
+            "FloatPixelData": 32}.get(keyword, 64)
+    expected = (header_int(header.get("Rows")) or 0) * (header_int(header.get("Columns")) or 0) * bits // 8
     if actual < expected:
         raise IngestError(
             path, f"pixel data truncated: {actual} of {expected} bytes (file cut short?)"
         )
 
 
-def _check_rle_segments(path: Path, ds: Dataset) -> None:
-    """Each RLE segment must decode to exactly Rows x Columns bytes; counted from the run
-    headers, stopping as soon as a segment overshoots (no decoding, no allocation)."""
-    rows, columns = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
-    size = rows * columns
-    samples = max(1, _int(ds.get("SamplesPerPixel")) or 1)
-    expected = samples * ((_int(ds.get("BitsAllocated")) or 16) + 7) // 8
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    if len(frame) < 64:
-        raise IngestError(path, "RLE pixel data shorter than its 64-byte header")
-    count, *offsets = struct.unpack("<16L", frame[:64])
-    if count != expected or count > 15:
-        raise IngestError(path, f"RLE data has {count} segments, the image needs {expected}")
-    ends = [*offsets[1:count], len(frame)]
-    for i, (start, end) in enumerate(zip(offsets[:count], ends), start=1):
-        if not 64 <= start <= end <= len(frame):
-            raise IngestError(path, f"RLE segment {i} lies outside the pixel data")
-        decoded = _rle_length(frame, start, end, size + RLE_SLACK)
-        if decoded > size + RLE_SLACK:
-            raise IngestError(path, f"RLE segment {i} decodes beyond the {rows} x {columns} "
-                              "image (corrupt or hostile)")
-
-
-#: Bytes an RLE segment may decode to past its image: encoders pad each segment to an even
-#: length and some end a segment with a run that overshoots by less than one run (decoders drop
-#: the excess); a hostile segment overshoots by far more.
-RLE_SLACK = 256
-
-
-def _rle_length(data: bytes, pos: int, end: int, limit: int) -> int:
-    """Bytes the complete PackBits runs in ``data[pos:end]`` decode to, counting stops past
-    ``limit`` (a run cut by the segment's end, such as a padding byte, does not count)."""
-    total = 0
-    while pos < end and total <= limit:
-        header = data[pos]
-        if header < 128:  # literal run of header + 1 bytes
-            if pos + header + 2 > end:
-                break
-            total += header + 1
-            pos += header + 2
-        elif header > 128:  # the next byte repeated 257 - header times
-            if pos + 2 > end:
-                break
-            total += 257 - header
-            pos += 2
-        else:
-            pos += 1
-    return total
-
-
-def _transfer_syntax(ds: Dataset) -> UID:
-    """The file's transfer syntax; for files without file meta, the encoding they were read with."""
-    syntax = _meta(ds, "TransferSyntaxUID")
-    if not syntax:
-        implicit, little = getattr(ds, "original_encoding", (True, True))
-        syntax = (
-            ImplicitVRLittleEndian
-            if implicit
-            else ExplicitVRLittleEndian
-            if little
-            else ExplicitVRBigEndian
-        )
-        ds.file_meta.TransferSyntaxUID = syntax
-    return UID(str(syntax))
-
-
-# ----------------------------------------------------------------------------- header values
-
-
-def _meta(ds: Dataset, keyword: str) -> Any:
+def _meta(ds: Mapping[str, Any], keyword: str) -> Any:
     meta = getattr(ds, "file_meta", None)
     return meta.get(keyword) if meta is not None else None
 
 
 def _text(value: Any) -> str:
     """A single string value, stripped of the spaces and NULs DICOM pads with."""
+    if type(value) is str:  # the common case, without the slow abstract Sequence check
+        return value.strip(" \x00")
     if value is None:
         return ""
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -637,8 +480,10 @@ def _texts(value: Any) -> list[str]:
     return [_text(item).upper() for item in items]
 
 
-def _int(value: Any) -> int | None:
+def header_int(value: Any) -> int | None:
     """An integer value (IS, US), or None when absent or not a number."""
+    if type(value) is int:
+        return value
     try:
         text = _text(value)
         return int(float(text)) if text else None
@@ -657,7 +502,7 @@ def _floats(value: Any, count: int) -> tuple[float, ...] | None:
         numbers = tuple(float(item) for item in items)
     except (TypeError, ValueError):
         return None
-    if len(numbers) != count or not all(np.isfinite(numbers)):
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
         return None
     return numbers
 
@@ -667,13 +512,14 @@ def _orientation(value: Any) -> tuple[float, ...] | None:
     cosines = _floats(value, 6)
     if cosines is None:
         return None
-    normal = np.cross(cosines[:3], cosines[3:])
-    return cosines if np.linalg.norm(normal) > 1e-3 else None
+    (a, b, c), (d, e, f) = cosines[:3], cosines[3:]
+    normal = (b * f - c * e, c * d - a * f, a * e - b * d)
+    return cosines if math.hypot(*normal) > 1e-3 else None
 
 
 def _stored_int(value: Any, bits_allocated: int, signed: bool) -> int | None:
     """A padding value in the stored values' own range (files mix up US and SS for it)."""
-    number = _int(value)
+    number = header_int(value)
     if number is None:
         return None
     span = 1 << bits_allocated
@@ -684,24 +530,24 @@ def _stored_int(value: Any, bits_allocated: int, signed: bool) -> int | None:
     return number
 
 
-def _study_of(ds: Dataset) -> dict[str, str]:
+def _study_of(header: Mapping[str, Any]) -> dict[str, str]:
     """:class:`Rejected`'s study fields from a (possibly damaged) header; {} without a study."""
     try:
-        uid = _text(ds.get("StudyInstanceUID"))
+        uid = _text(header.get("StudyInstanceUID"))
         if not uid:
             return {}
-        return {"study_uid": uid, "accession_number": _text(ds.get("AccessionNumber")),
-                "patient_id": _text(ds.get("PatientID")),
-                "study_date": _text(ds.get("StudyDate")), "study_time": _text(ds.get("StudyTime"))}
+        return {"study_uid": uid, "accession_number": _text(header.get("AccessionNumber")),
+                "patient_id": _text(header.get("PatientID")),
+                "study_date": _text(header.get("StudyDate")), "study_time": _text(header.get("StudyTime"))}
     except Exception:  # noqa: BLE001 - damaged elements fail on access; the study stays unknown
         return {}
 
 
-def _mib(n: int) -> str:
+def mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = text if len(text) <= 240 else text[:237] + "..."
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -710,37 +556,93 @@ def _describe(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- many files
 
 
+#: Set in each reader thread of :func:`iter_read` when it runs several: ``frame_workers``, a dict
+#: whose ``"workers"`` collects the readers' :class:`~ichrt.runtime.dicomparse.FrameWorker`
+#: processes (each started by its reader's first compressed frame) for iter_read to close.
+reader_context = threading.local()
+
+
 def default_workers() -> int:
-    """Reader threads: decoding releases the GIL in NumPy and the codecs, parsing does not."""
-    return max(1, min(8, os.cpu_count() or 1))
+    """Readers when the CPU is theirs (``ichrt ingest``, a GPU running the model): one per core
+    available to this process but one, up to 8.
+
+    A plain slice costs a reader ~0.35 ms, partly outside the GIL; a compressed one ~2 ms on its
+    reader (parsing, under the GIL) plus 3-5 ms of decoding (JPEG Lossless, gdcm) in the
+    reader's worker process (:class:`~ichrt.runtime.dicomparse.FrameWorker`; the codecs hold
+    the GIL), which takes ~0.4 s to start. The core left over keeps the reading process's
+    parsing (and the model's feed) off the workers' cores: on 2 cores, 2 readers with their
+    workers read a 240-slice JPEG Lossless series at 0.79x the speed of one reader decoding on
+    its thread, and 720 slices at 1.02x (``benchmarks/bench_read.py``), so 2 cores get one.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus - 1))
 
 
-def read_or_reject(path: PathLike, limits: IngestLimits | None = None) -> Slice | Rejected:
+def read_or_reject(path: PathLike, limits: IngestLimits | None = None,
+                   hu_buffer: HUBuffer | None = None) -> Slice | Rejected:
     """:func:`read_slice`, with any failure turned into a :class:`Rejected`."""
     try:
-        return read_slice(path, limits)
+        return read_slice(path, limits, hu_buffer)
     except IngestError as exc:
         return Rejected.of(exc.path, exc.reason, **exc.study)
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch; the reason names it
-        return Rejected.of(path, f"unexpected error ({_describe(exc)})")
+        return Rejected.of(path, f"unexpected error ({describe(exc)})")
+
+
+def _read_prepared(i: int, path: PathLike, limits: IngestLimits | None,
+                   buffer: HUBuffer | None,
+                   prepare: Callable[[int, Slice], Slice | Rejected] | None) -> Slice | Rejected:
+    """:func:`read_or_reject`, then ``prepare(i, slice)`` (see :func:`iter_read`)."""
+    item = read_or_reject(path, limits, buffer)
+    if prepare is None or not isinstance(item, Slice):
+        return item
+    try:
+        return prepare(i, item)
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch; the reason names it
+        return Rejected.of(path, f"unexpected error preparing the slice ({describe(exc)})",
+                           **study_fields(item.identity))
 
 
 def iter_read(
-    files: Sequence[PathLike], workers: int | None = None, limits: IngestLimits | None = None
+    files: Sequence[PathLike], workers: int | None = None, limits: IngestLimits | None = None,
+    hu_buffers: Callable[[int], HUBuffer] | None = None,
+    prepare: Callable[[int, Slice], Slice | Rejected] | None = None,
 ) -> Iterator[Slice | Rejected]:
-    """Read ``files`` on a thread pool, yielding results in input order.
+    """Read ``files`` on ``workers`` reader threads, yielding results in input order.
+
+    ``hu_buffers(i)``: where file ``i`` may write its HU (see :class:`HUBuffer`).
+    ``prepare(i, slice)``: run on the reader thread right after file ``i`` is read, while its
+    pixels are in the cache (batching windows it there); an error in it rejects the file.
 
     At most ``2 * workers`` files are in flight: memory stays bounded when the consumer is slower.
+    With more than one reader, each decodes its compressed frames in a worker process of its own
+    (:class:`~ichrt.runtime.dicomparse.FrameWorker`, started by its first compressed frame, ended
+    here); plain files never leave the reader threads. A file whose decoder crashes its worker is
+    rejected with the reason; the others are read as usual.
     """
     workers = default_workers() if workers is None else max(1, int(workers))
-    with ThreadPoolExecutor(workers, thread_name_prefix="ichrt-ingest") as pool:
-        pending: deque = deque()
-        for path in files:
-            pending.append(pool.submit(read_or_reject, path, limits))
-            if len(pending) >= 2 * workers:
+    offer: dict[str, list] | None = {"workers": []} if workers > 1 else None
+
+    def enter() -> None:
+        reader_context.frame_workers = offer
+
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="ichrt-ingest",
+                                initializer=enter) as pool:
+            pending: deque = deque()
+            for i, path in enumerate(files):
+                buffer = hu_buffers(i) if hu_buffers is not None else None
+                pending.append(pool.submit(_read_prepared, i, path, limits, buffer, prepare))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    finally:
+        for worker in offer["workers"] if offer is not None else ():
+            worker.close()
 
 
 def read_paths(
@@ -755,14 +657,11 @@ def read_paths(
     SOP Instance UID of an earlier one is rejected as a duplicate.
     """
     result = IngestResult()
-    first_path: dict[str, str] = {}
+    copies = FirstCopies()
     for item in iter_read(iter_files(paths), workers, limits):
+        item = copies.check(item) if isinstance(item, Slice) else item
         if isinstance(item, Slice):
-            first = first_path.setdefault(item.identity.sop_uid, item.identity.path)
-            if first == item.identity.path:
-                result.slices.append(item)
-            else:
-                result.rejected.append(Rejected.duplicate(item.identity, first))
+            result.slices.append(item)
         else:
             result.rejected.append(item)
         if progress is not None:

@@ -7,6 +7,7 @@ every command reads DICOM and shares the CPU the same way.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,20 +22,42 @@ def passive_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+#: Open :func:`quiet_pydicom` blocks; pydicom settings saved when the first one applied them.
+_quiet = {"depth": 0, "saved": None}
+
+
 @contextmanager
 def quiet_pydicom() -> Iterator[None]:
     """Within the block, pydicom does not validate values while reading (restored after).
 
     Its warnings quote the offending element's value on stderr: thousands of lines on real
     archives (RSNA ids in place of UIDs), and a value can hold patient data.  Ingest accepts
-    such values either way, so nothing else changes.
+    such values either way, so nothing else changes.  pydicom is not imported for this: a run
+    whose files all take the one-pass scan never imports it; if it is imported within the
+    block, :func:`apply_quiet_pydicom` (called by :mod:`ichrt.runtime.dicomparse` on import)
+    applies the setting then.
     """
-    import pydicom.config
-
-    settings = pydicom.config.settings
-    before = settings.reading_validation_mode
-    settings.reading_validation_mode = pydicom.config.IGNORE
+    _quiet["depth"] += 1
+    if "pydicom" in sys.modules:
+        apply_quiet_pydicom()
     try:
         yield
     finally:
-        settings.reading_validation_mode = before
+        _quiet["depth"] -= 1
+        saved = _quiet["saved"]
+        if _quiet["depth"] == 0 and saved is not None:
+            import pydicom.config
+
+            pydicom.config.settings.reading_validation_mode = saved
+            _quiet["saved"] = None
+
+
+def apply_quiet_pydicom() -> None:
+    """Apply an open :func:`quiet_pydicom` block's setting now that pydicom is imported."""
+    if _quiet["depth"] == 0 or _quiet["saved"] is not None:
+        return
+    import pydicom.config
+
+    settings = pydicom.config.settings
+    _quiet["saved"] = settings.reading_validation_mode
+    settings.reading_validation_mode = pydicom.config.IGNORE

@@ -72,6 +72,18 @@ def head_boxes(hu: np.ndarray, margin: float = 0.05) -> np.ndarray:
     return boxes
 
 
+def frame_boxes(hu: np.ndarray, framing: str) -> np.ndarray:
+    """(N, 4) int64 source boxes of (N, H, W) ``hu`` for a contract's ``framing``.
+
+    ``"head"``: :func:`head_boxes`; ``"none"``: the centred square. The framing choice made in
+    one place, for :func:`ichrt.runtime.batches.window_hu` and for training, which jitters
+    these boxes (its scale/shift augmentation).
+    """
+    if framing == "head":
+        return np.asarray(head_boxes(hu), np.int64)
+    return centred_boxes(len(hu), *np.shape(hu)[1:]).astype(np.int64)
+
+
 def _extents(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Head extents (N, 4) (y0, x0, y1, x1) in pixels, half-open, and whether a slice has one."""
     block = max(1, -(-max(hu.shape[1:]) // GRID))
@@ -98,7 +110,7 @@ def _refine_small_heads(hu: np.ndarray, found: np.ndarray, ok: np.ndarray) -> No
             found[k] = fine[0] + (top, left, top, left)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _head_extents(hu, block, found, ok):
     """Per slice: the head's pixel extent (y0, x0, y1, x1) into ``found``, ``ok`` if any."""
     n, height, width = hu.shape

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ichrt.runtime.probability import sigmoid
 from ichrt.runtime.slices import SliceIdentity, scan_positions
 
 #: Cell probability at which a lesion-map cell counts as bleeding (area and volume). Chosen on
@@ -27,8 +28,7 @@ def lesion_probabilities(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)
     if z.ndim == 4:
         z = z[:, 0]
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
+    return sigmoid(z).astype(np.float32)
 
 
 def lesion_area_mm2(

@@ -29,6 +29,15 @@ def window_gray8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     return np.rint(unit * 255.0).astype(np.uint8)
 
 
+def hu_from_gray8(gray: np.ndarray, level: float, width: float) -> np.ndarray:
+    """float32 HU that the gray values of one window stand for: the linear inverse of
+    :func:`window_gray8` (0 -> level - width/2, 255 -> level + width/2; what saturated is lost)."""
+    if not width > 0:
+        raise ValueError(f"window width must be > 0, got {width!r}")
+    low = np.float32(level - width / 2.0)
+    return low + np.asarray(gray).astype(np.float32) * np.float32(width / 255.0)
+
+
 def window_rgb8(
     hu: np.ndarray, windows: Sequence[tuple[float, float]] = DEFAULT_WINDOWS
 ) -> np.ndarray:

@@ -2,14 +2,15 @@
 
 Three stages run at once, joined by bounded queues so memory stays flat however many studies come:
 
-1. **decode**: :func:`ichrt.runtime.dicom.iter_read` reads files on a thread pool, in input
-   order, with a bounded number in flight.  A file that cannot be read becomes a
-   :class:`Rejected` with its reason and never stops the others; so does a second file with the
-   SOPInstanceUID of an earlier one (a copy would count twice in its study).
-2. **window** (calling thread): slices fill a batch (at most ``batch_size`` slices and
-   :data:`BATCH_PIXELS` pixels, so large images make small batches), which the Numba kernel
-   turns into the model tensor (framed around the head when the contract says so); the HU
-   pixels are then released.
+1. **read and window** (reader threads, :func:`reader_threads`):
+   :func:`ichrt.runtime.batches.iter_batches` reads files with
+   :func:`ichrt.runtime.dicom.iter_read`, in input order, with a bounded number in flight, and
+   windows each slice into its row of the batch tensor right after reading it, while its
+   pixels are in the cache.  A file that cannot be read becomes a :class:`Rejected` with its
+   reason and never stops the others; so does a second file with the SOPInstanceUID of an
+   earlier one (a copy would count twice in its study).
+2. **batch** (calling thread): consecutive rows make a batch (a view, nothing copied); the HU
+   pixels are released with it.
 3. **infer**: one worker thread runs ONNX Runtime batch by batch (it releases the GIL, so decoding
    goes on meanwhile); at most :data:`QUEUE_DEPTH` batches wait for it.
 
@@ -20,6 +21,7 @@ Results come back in input order, whatever the batch composition.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,22 +30,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ichrt.runtime.aggregate import SliceScore, calibrate
+from ichrt.runtime.aggregate import SliceScore, calibrated_probabilities
+from ichrt.runtime.batches import iter_batches
 from ichrt.runtime.contract import ModelContract
-from ichrt.runtime.dicom import IngestLimits, iter_read
+from ichrt.runtime.dicom import IngestLimits, default_workers
 from ichrt.runtime.explain.cam import cam_maps
-from ichrt.runtime.framing import head_boxes
 from ichrt.runtime.lesion import lesion_area_mm2, lesion_probabilities
 from ichrt.runtime.session import LoadedModel
-from ichrt.runtime.slices import Rejected, Slice, SliceIdentity
-from ichrt.runtime.windowing import centred_boxes, window_batch
+from ichrt.runtime.slices import Rejected, SliceIdentity
 
 #: ``progress(done, total)``: called as each input file is accounted for.
 Progress = Callable[[int, int], None]
 #: Inference batches allowed to wait for the inference thread.
 QUEUE_DEPTH = 2
-#: HU pixels a batch may hold before it is windowed (32 slices of 512 x 512: 32 MiB of float32).
-BATCH_PIXELS = 32 * 512 * 512
 
 
 @dataclass
@@ -54,39 +53,10 @@ class PipelineOutput:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def window_slices(slices: Sequence[Slice], contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:
-    """The model tensor (N, C, S, S) of ``slices`` in their order, and the (N, 4) boxes used."""
-    return window_hu([item.hu for item in slices], contract)
-
-
-def window_hu(hus: Sequence[np.ndarray], contract: ModelContract) -> tuple[np.ndarray, np.ndarray]:
-    """The model tensor (N, C, S, S) of HU slices in their order, and the (N, 4) boxes used.
-
-    Slices of different sizes are windowed in one kernel call per size.
-    """
-    s = contract.input_size
-    tensor = np.empty((len(hus), contract.channels, s, s), np.float32)
-    boxes = np.empty((len(hus), 4), np.int64)
-    by_shape: dict[tuple[int, int], list[int]] = {}
-    for i, item in enumerate(hus):
-        by_shape.setdefault(np.shape(item), []).append(i)
-    start = 0
-    order = []
-    for shape, idx in by_shape.items():
-        hu = np.stack([hus[i] for i in idx])
-        if contract.framing == "head":
-            group_boxes = np.asarray(head_boxes(hu), np.int64)
-        else:
-            group_boxes = centred_boxes(len(idx), *shape).astype(np.int64)
-        stop = start + len(idx)
-        window_batch(hu, contract, boxes=group_boxes, out=tensor[start:stop])
-        boxes[start:stop] = group_boxes
-        order.extend(idx)
-        start = stop
-    restore = np.argsort(np.asarray(order))
-    if np.array_equal(restore, np.arange(len(hus))):
-        return tensor, boxes
-    return tensor[restore], boxes[restore]
+def scoring_outputs(contract: ModelContract, keep_cam: bool = False) -> tuple[str, ...]:
+    """The model outputs scoring fetches: logits, features for CAM maps, the lesion map."""
+    dense = contract.lesion_stride is not None
+    return ("logits",) + (("features",) if keep_cam else ()) + (("lesion",) if dense else ())
 
 
 def infer_batch(
@@ -101,9 +71,8 @@ def infer_batch(
     """Run one batch and keep what the worklist needs (CAM only for slices at the threshold)."""
     contract = model.contract
     dense = contract.lesion_stride is not None
-    outputs = ("logits",) + (("features",) if keep_cam else ()) + (("lesion",) if dense else ())
-    out = model.run(tensor, outputs)
-    probs = calibrate(out["logits"], contract)
+    out = model.run(tensor, scoring_outputs(contract, keep_cam))
+    probs = calibrated_probabilities(out["logits"], contract)
     hot = np.flatnonzero(probs[:, contract.labels.index("any")] >= threshold)
     cams: dict[int, np.ndarray] = {}
     if keep_cam and hot.size:
@@ -141,60 +110,51 @@ def run_pipeline(
         keep_cam: compute CAM maps (needs ``cam_weights`` in the contract).
         keep_lesion: keep the lesion maps of slices at the threshold (lesion-level models; the
             bleeding area of every slice is measured either way).
-        workers: decoding threads.  Default on CPU: one, because the model is the bottleneck
-            and already uses every physical core (a slice costs ~1.5 ms of CPU to decode against
-            ~20 ms to infer with a ResNet-18 at 224 px), and more readers only preempt its
-            threads; on a GPU: :func:`ichrt.runtime.dicom.default_workers`, to keep it fed.
+        workers: reader threads [default: :func:`reader_threads`].
         limits: what one input file may make the reader allocate (default: 4096 x 4096 pixels).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     keep_cam = keep_cam and model.contract.cam_weights is not None
     result = PipelineOutput()
-    first_path: dict[str, str] = {}
     total = len(files)
     pending: deque[Future] = deque()
-
-    def collect(future: Future) -> None:
-        result.slices.extend(future.result())
-
-    with ThreadPoolExecutor(1, thread_name_prefix="ichrt-infer") as infer_pool:
-        batch: list[Slice] = []
-
-        def flush() -> None:
-            tensor, boxes = window_slices(batch, model.contract)
-            meta = [item.identity for item in batch]
-            batch.clear()  # release the HU pixels before the next batch is decoded
-            while len(pending) >= QUEUE_DEPTH:
-                collect(pending.popleft())
-            pending.append(infer_pool.submit(
-                infer_batch, model, tensor, meta, boxes, threshold, keep_cam, keep_lesion))
-
-        readers = workers or (None if model.on_gpu else 1)
-        pixels = 0
-        for done, item in enumerate(iter_read(files, readers, limits), start=1):
-            if isinstance(item, Slice):
-                item = _unique(item, first_path)
-            if isinstance(item, Rejected):
-                result.rejected.append(item)
-            else:
-                batch.append(item)
-                pixels += item.hu.size
-                if len(batch) >= batch_size or pixels >= BATCH_PIXELS:
-                    flush()
-                    pixels = 0
+    readers = workers or reader_threads(model.on_gpu)
+    # On a CPU the model keeps every core busy: a parallel windowing call would only add
+    # thread wake-ups and contention, so each reader windows on its own thread.
+    kernel_threads = None if model.on_gpu else 1
+    streams = max(1, model.streams)
+    with ThreadPoolExecutor(streams, thread_name_prefix="ichrt-infer") as infer_pool:
+        for batch in iter_batches(files, model.contract, batch_size, readers, limits,
+                                  kernel_threads=kernel_threads):
+            result.rejected.extend(batch.rejected)
+            if batch.identities:
+                while len(pending) >= QUEUE_DEPTH + streams - 1:
+                    result.slices.extend(pending.popleft().result())
+                pending.append(infer_pool.submit(
+                    infer_batch, model, batch.tensor, batch.identities, batch.boxes, threshold,
+                    keep_cam, keep_lesion))
             if progress is not None:
-                progress(done, total)
-        if batch:
-            flush()
+                progress(batch.done, total)
         while pending:
-            collect(pending.popleft())
+            result.slices.extend(pending.popleft().result())
     return result
 
 
-def _unique(item: Slice, first_path: dict[str, str]) -> Slice | Rejected:
-    """``item``, or a rejection when an earlier file had the same SOPInstanceUID."""
-    first = first_path.setdefault(item.identity.sop_uid, item.identity.path)
-    if first == item.identity.path:
-        return item
-    return Rejected.duplicate(item.identity, first)
+def reader_threads(on_gpu: bool = False, cpus: int | None = None) -> int:
+    """Readers that keep the model fed without starving it: on a CPU, half the cores (1 on 2-3
+    cores, up to 8); with a GPU, :func:`ichrt.runtime.dicom.default_workers` (the CPU is theirs).
+
+    What a slice costs the CPU (2-core x86; ``benchmarks/bench_read.py``, ``ichrt bench``): a
+    plain one ~0.35 ms to read; a compressed one ~2 ms on its reader plus 3-5 ms of decoding
+    (JPEG Lossless, gdcm) in the reader's worker process, which takes ~0.4 s to start; the model
+    3.2 core-ms (INT8) to 8.8 core-ms (FP32). With compressed input decoding needs 40-70 % of
+    the CPU, so from 4 cores half of them read (several readers decode in processes of their
+    own); plain input starts no process, and idle reader threads cost nothing. On 2 cores one
+    reader, decoding in its own thread while ONNX Runtime (which releases the GIL) runs the
+    model, measured best: a 240-slice JPEG Lossless series scored at 5.9 ms/slice (INT8; FP32
+    8.3) with 1 reader against 9.2 (FP32 12.1) with 2, whose workers' start and decoding contend
+    with the model for the two cores; plain slices 2.4 either way (FP32 5.2 against 5.1).
+    """
+    if on_gpu:
+        return default_workers()
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(8, cpus // 2))

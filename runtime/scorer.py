@@ -12,19 +12,28 @@ all at once under the output folder's lock (:mod:`ichrt.runtime.outputs`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ichrt.runtime.aggregate import SliceScore, StudyScore, aggregate_studies
+from ichrt.runtime.batches import iter_batches
 from ichrt.runtime.dicom import IngestLimits, iter_files, read_or_reject
 from ichrt.runtime.explain import Explainer, explain_slices, make_explainer, write_explanation
 from ichrt.runtime.outputs import RUN_FILE, OutputLock, fsync_files, publish
 from ichrt.runtime.paths import inside, safe_name
-from ichrt.runtime.pipeline import Progress, run_pipeline, window_slices
-from ichrt.runtime.session import LoadedModel, check_pin, load_model, required_pins
-from ichrt.runtime.slices import Rejected, Slice
+from ichrt.runtime.pipeline import Progress, run_pipeline
+from ichrt.runtime.session import (
+    LoadedModel,
+    check_pin,
+    default_model_for,
+    load_model,
+    required_pins,
+)
+from ichrt.runtime.slices import Rejected
 from ichrt.runtime.worklist import (
     REJECTED_FIELDS,
     prioritize,
@@ -133,9 +142,13 @@ class Scorer:
     ) -> None:
         """
         Args:
-            model: an ONNX file, an already loaded model, or None for the shipped default.
+            model: an ONNX file, an already loaded model, or None for the shipped default
+                (the INT8 model; the FP32 one, whose torch twin they need, for ``gradcam``
+                and ``gradcampp``).
             provider: ``auto``, ``cpu``, ``cuda`` or ``tensorrt``.
-            threads: ONNX Runtime intra-op threads (default: physical cores).
+            threads: ONNX Runtime intra-op threads (default on a CPU: one per run, with one run
+                per physical core at once, :func:`~ichrt.runtime.session.run_layout`; on a
+                GPU or with ``explain="hshap"``: physical cores).
             batch_size: slices per inference call.
             threshold: ``any`` probability that flags a study (default: the model's own).
             explain: one of :data:`EXPLAIN_METHODS`; ``cam`` keeps CAM maps of flagged slices;
@@ -157,7 +170,9 @@ class Scorer:
         if isinstance(model, LoadedModel):
             check_pin(model.sha256, required_pins(require_sha256), model.path)
         self.model = model if isinstance(model, LoadedModel) else load_model(
-            model, provider=provider, threads=threads, require_sha256=require_sha256)
+            model if model is not None else default_model_for(explain), provider=provider,
+            threads=threads, require_sha256=require_sha256,
+            streams=1 if explain == "hshap" else "auto")  # h-Shap runs the model slice by slice
         self.threshold = (self.model.contract.threshold("any") if threshold is None
                           else float(threshold))
         self.batch_size = batch_size
@@ -305,35 +320,57 @@ def write_explanations(
     any_idx = result.labels.index("any")
     hot = [s for s in result.slices if s.probs[any_idx] >= result.threshold]
     if result.explain in FREE_METHODS:
-        hot = [s for s in hot if _free_map(s, result.explain) is not None]
+        found = _kept_maps([s for s in hot if _free_map(s, result.explain) is not None],
+                           result.explain)
     elif explainer is None or explainer.name != result.explain:
         raise ValueError(f"explanations by {result.explain!r} need its explainer "
                          "(Scorer.explainer)")
+    else:
+        found = _new_maps(hot, explainer)
     summaries: list[dict[str, Any]] = []
-    for start in range(0, len(hot), EXPLAIN_CHUNK):
-        chunk = hot[start:start + EXPLAIN_CHUNK]
-        read = [read_or_reject(s.identity.path) for s in chunk]
-        ok = [(s, r) for s, r in zip(chunk, read) if isinstance(r, Slice)]
-        summaries += [_failed(s, r) for s, r in zip(chunk, read) if isinstance(r, Rejected)]
-        if not ok:
+    for item, hu, heatmap, frame, seconds in found:
+        if isinstance(hu, Rejected):
+            summaries.append(_failed(item, hu))
             continue
-        if result.explain in FREE_METHODS:  # (map over the framing box, free during scoring)
-            maps = [(_free_map(s, result.explain), s.box, 0.0) for s, _ in ok]
-        else:
-            tensors, boxes = window_slices([r for _, r in ok], explainer.model.contract)
-            done = explain_slices(explainer, tensors, boxes, [r.hu.shape for _, r in ok])
-            maps = [(e.heatmap, None, e.seconds) for e in done]
-        for (item, sl), (heatmap, frame, seconds) in zip(ok, maps):
-            ident = item.identity
-            folder = inside(out, EXPLANATIONS_DIR, safe_name(ident.study_uid))
-            extra = {"study_instance_uid": ident.study_uid, "sop_instance_uid": ident.sop_uid,
-                     "label": "any", "probability": float(item.probs[any_idx]),
-                     "seconds": seconds}
-            summary = write_explanation(folder, ident.sop_uid, sl.hu, heatmap, result.explain,
-                                        extra=extra, frame=frame)
-            summary["folder"] = str(folder)
-            summaries.append(summary)
+        ident = item.identity
+        folder = inside(out, EXPLANATIONS_DIR, safe_name(ident.study_uid))
+        extra = {"study_instance_uid": ident.study_uid, "sop_instance_uid": ident.sop_uid,
+                 "label": "any", "probability": float(item.probs[any_idx]), "seconds": seconds}
+        summary = write_explanation(folder, ident.sop_uid, hu, heatmap, result.explain,
+                                    extra=extra, frame=frame)
+        summary["folder"] = str(folder)
+        summaries.append(summary)
     return summaries
+
+
+#: A flagged slice re-read for its explanation: its score, its HU pixels (or why it could not
+#: be re-read), its map (over ``frame`` when one is given, else on the slice pixels) and the
+#: seconds the map took.
+Found = tuple[SliceScore, np.ndarray | Rejected, Any, Any, float]
+
+
+def _kept_maps(hot: list[SliceScore], method: str) -> Iterator[Found]:
+    """The maps kept during scoring (over each slice's framing box), with the re-read HU."""
+    for item in hot:
+        read = read_or_reject(item.identity.path)
+        if isinstance(read, Rejected):
+            yield item, read, None, None, 0.0
+        else:
+            yield item, read.hu, _free_map(item, method), item.box, 0.0
+
+
+def _new_maps(hot: list[SliceScore], explainer: Explainer) -> Iterator[Found]:
+    """``explainer``'s maps of the re-read, re-windowed slices, :data:`EXPLAIN_CHUNK` at a time."""
+    by_path = {s.identity.path: s for s in hot}
+    for batch in iter_batches(list(by_path), explainer.model.contract, EXPLAIN_CHUNK,
+                              keep_hu=True):
+        for rejected in batch.rejected:
+            yield by_path[rejected.path], rejected, None, None, 0.0
+        if not batch.identities:
+            continue
+        done = explain_slices(explainer, batch.tensor, batch.boxes, [h.shape for h in batch.hu])
+        for ident, hu, e in zip(batch.identities, batch.hu, done):
+            yield by_path[ident.path], hu, e.heatmap, None, e.seconds
 
 
 def _free_map(item: SliceScore, method: str) -> Any:

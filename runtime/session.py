@@ -42,8 +42,16 @@ PROVIDER_CHAINS: dict[str, tuple[str, ...]] = {
 }
 PROVIDERS = ("auto", *PROVIDER_CHAINS)
 _GPU_PROVIDERS = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-#: Where the shipped model lives (package data).
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+#: Where the shipped models live (package data).
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+#: The shipped model that scores by default: the INT8 twin of :data:`DEFAULT_FP32_MODEL`, which
+#: passed the INT8 accuracy gate on real held-out and phantom data (docs/eval/int8-gate.json).
+DEFAULT_MODEL = MODELS_DIR / "default-int8.onnx"
+#: The shipped FP32 model, with its torch twin ``default.pt`` beside it: Grad-CAM's model.
+DEFAULT_FP32_MODEL = MODELS_DIR / "default.onnx"
+#: Explanation methods that need the FP32 weights (the torch twin): with no model given they
+#: get :data:`DEFAULT_FP32_MODEL` (:func:`default_model_for`).
+GRADIENT_METHODS = ("gradcam", "gradcampp")
 #: Environment variable with the SHA-256 (or comma-separated hashes) of the only model files
 #: this installation may run.
 PIN_ENV = "ICHRT_REQUIRE_SHA256"
@@ -75,6 +83,8 @@ class LoadedModel:
     providers: list[str] = field(default_factory=list)
     #: The SHA-256 values the file was checked against (empty: no pin was required).
     pinned_to: tuple[str, ...] = ()
+    #: Batches the scoring pipeline runs at once (each with the session's intra-op threads).
+    streams: int = 1
 
     @property
     def short_hash(self) -> str:
@@ -105,18 +115,26 @@ class LoadedModel:
         return dict(zip(outputs, binding.copy_outputs_to_cpu()))
 
 
-def default_model_path() -> Path:
-    """The model shipped as package data (``ichrt/runtime/models/default.onnx``).
+def default_model_path(fp32: bool = False) -> Path:
+    """A model shipped as package data: the scoring default (``models/default-int8.onnx``), or
+    with ``fp32`` the FP32 model (``models/default.onnx``, whose torch twin Grad-CAM needs).
 
     Raises:
         ModelError: when the package was installed without it.
     """
-    if not DEFAULT_MODEL.is_file():
+    path = DEFAULT_FP32_MODEL if fp32 else DEFAULT_MODEL
+    if not path.is_file():
         raise ModelError(
-            f"the default model is missing from the installation ({DEFAULT_MODEL}); "
+            f"the default model is missing from the installation ({path}); "
             "pass --model PATH or reinstall ichrt"
         )
-    return DEFAULT_MODEL
+    return path
+
+
+def default_model_for(explain: str | None = None) -> Path:
+    """The shipped model to load when none is given for a run explained with ``explain``: FP32
+    for the gradient methods (:data:`GRADIENT_METHODS`), else the INT8 scoring default."""
+    return default_model_path(fp32=explain in GRADIENT_METHODS)
 
 
 def physical_cores() -> int:
@@ -232,8 +250,13 @@ def load_model(
     threads: int | None = None,
     spinning: bool = False,
     require_sha256: str | Iterable[str] | None = None,
+    streams: int | str = 1,
 ) -> LoadedModel:
-    """Load an ichrt model (the shipped default when ``path`` is None).
+    """Load an ichrt model (the shipped scoring default, INT8, when ``path`` is None).
+
+    ``streams``: batches a scoring pipeline may run at once (:attr:`LoadedModel.streams`);
+    ``"auto"``: on a CPU without ``threads`` given, one single-threaded run per physical core
+    (:func:`run_layout`), else 1.
 
     ``require_sha256``: the hash(es) the file must have (default: ``$ICHRT_REQUIRE_SHA256``);
     checked before ONNX Runtime sees the file.
@@ -250,6 +273,7 @@ def load_model(
     sha256 = hashlib.sha256(data).hexdigest()
     check_pin(sha256, pins, path)
     providers = resolve_providers(provider)
+    threads, streams = run_layout(providers, threads, streams)
     try:
         session = ort.InferenceSession(
             data, sess_options=session_options(threads, spinning), providers=providers
@@ -267,7 +291,24 @@ def load_model(
         sha256=sha256,
         providers=list(session.get_providers()),
         pinned_to=pins,
+        streams=streams,
     )
+
+
+def run_layout(providers: list[str], threads: int | None, streams: int | str
+               ) -> tuple[int | None, int]:
+    """(intra-op threads, concurrent runs) for a session on ``providers``.
+
+    ``streams="auto"`` on a CPU with ``threads`` unset gives one thread per run and one run per
+    physical core: measured on 2 cores, two single-threaded runs at once score 6-17% more slices
+    per second than one run on two threads, and a reader thread that preempts one of them
+    delays that run alone, where two threads of one run wait for each other at every step.
+    """
+    if streams != "auto":
+        return threads, max(1, int(streams))
+    if threads is not None or providers[:1] != ["CPUExecutionProvider"]:
+        return threads, 1
+    return 1, physical_cores()
 
 
 def check_io(session: ort.InferenceSession, contract: ModelContract, path: Path) -> None:
@@ -315,6 +356,7 @@ __all__ = [
     "ModelError",
     "ModelNotPinned",
     "ProviderUnavailable",
+    "default_model_for",
     "default_model_path",
     "load_model",
     "physical_cores",

@@ -96,6 +96,21 @@ class Rejected:
                    **study_fields(identity))
 
 
+class FirstCopies:
+    """The duplicate rule: the first file with a SOPInstanceUID is read; a later file with the
+    same UID is rejected (a copy would count twice in its study, or in a metric)."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}
+
+    def check(self, item: Slice) -> Slice | Rejected:
+        """``item``, or its rejection as a duplicate of an earlier file."""
+        first = self._first.setdefault(item.identity.sop_uid, item.identity.path)
+        if first == item.identity.path:
+            return item
+        return Rejected.duplicate(item.identity, first)
+
+
 def study_fields(identity: SliceIdentity) -> dict[str, str]:
     """The study fields of :class:`Rejected` taken from a slice identity."""
     return {"study_uid": identity.study_uid, "accession_number": identity.accession_number,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ichrt.runtime.probability import sigmoid
 from ichrt.runtime.slices import SliceIdentity, scan_order
 
 KIND = "neighbour-max"
@@ -79,4 +80,4 @@ def study_any(
         if s[j] > best:
             best, key = float(s[j]), idx[j]
     z = prm["a"] * best + prm["b"]
-    return float(1.0 / (1.0 + np.exp(-np.clip(z, -LOGIT_CLIP, LOGIT_CLIP)))), key
+    return float(sigmoid(np.clip(z, -LOGIT_CLIP, LOGIT_CLIP))), key

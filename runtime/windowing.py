@@ -223,7 +223,7 @@ def _unit(hu, low, inv_width):
     return min(max((hu - low) * inv_width, 0.0), 1.0)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def _window_kernel(pixels, boxes, slopes, intercepts, lows, inv_widths, scales, offsets, out):
     """The single pass behind :func:`window_batch`; fills ``out`` (N, C, S, S) in place.
 

@@ -21,8 +21,13 @@ case "${1:-main}" in
     ichrt calibrate quantize runtime/models/default.onnx --data data/ph-train --holdout data/ph-val \
       --out runs/lesion/int8-compare.onnx --compare --report docs/eval/quantize-default-compare.json
     ichrt calibrate quantize runtime/models/default.onnx --data data/ph-train --holdout data/ph-val \
-      --out runtime/models/default-int8.onnx --method minmax --format u8s8-rr \
+      --out "$run/model-int8.onnx" --method minmax --format u8s8-rr \
       --report docs/eval/quantize-default.json
+    # INT8's own operating point: the FP32 recipe and data on INT8's outputs (temperatures, study
+    # model, thresholds); its contract's lineage: this file <- model-int8.onnx <- default.onnx.
+    ichrt calibrate threshold "$run/model-int8.onnx" --data data/ph-val --real "$REAL" \
+      --target-sensitivity 0.95 --out runtime/models/default-int8.onnx --bootstrap 1000 \
+      --report docs/eval/calibration-default-int8.json --picture "$run/reliability-int8.png"
     for m in default default-int8; do
       python -m ichrt.export.lesion_eval runtime/models/$m.onnx --realtrain "$REAL" \
         --phantoms data/ph-test --realct ../shared/realct --json docs/eval/lesion-$m.json > /dev/null

@@ -37,7 +37,6 @@ from ichrt.runtime.contract import LABELS
 from ichrt.runtime.explain.base import METHODS, ExplainError, normalize
 from ichrt.runtime.explain.batch import explain_slices, make_explainer
 from ichrt.runtime.explain.metrics import boxes_to_mask, localization
-from ichrt.runtime.slices import Slice, SliceIdentity
 
 #: Slices windowed, scored and explained together.
 BATCH = 8
@@ -101,8 +100,8 @@ def _thin(items: list[str], limit: int | None) -> list[str]:
 def evaluate(model, cases: Sequence[Case], methods: Sequence[str],
              overlays: Path | None = None) -> dict[str, Any]:
     """Metrics of every method on ``cases``: {method: {pointing, energy, iou, ms, n} or error}."""
-    from ichrt.runtime.aggregate import calibrate
-    from ichrt.runtime.pipeline import window_slices
+    from ichrt.runtime.aggregate import calibrated_probabilities
+    from ichrt.runtime.batches import window_hu
 
     contract = model.contract
     explainers: dict[str, Any] = {}
@@ -116,10 +115,10 @@ def evaluate(model, cases: Sequence[Case], methods: Sequence[str],
     flagged = 0
     for start in range(0, len(cases), BATCH):
         chunk = cases[start:start + BATCH]
-        slices = [Slice(SliceIdentity(c.name, "", "", c.name), c.hu) for c in chunk]
-        tensors, boxes = window_slices(slices, contract)
+        tensors, boxes = window_hu([c.hu for c in chunk], contract)
         outputs = model.run(tensors)
-        p_any = calibrate(outputs["logits"], contract)[:, contract.labels.index("any")]
+        probs = calibrated_probabilities(outputs["logits"], contract)
+        p_any = probs[:, contract.labels.index("any")]
         flagged += int((p_any >= contract.threshold("any")).sum())
         for case, box in zip(chunk, boxes):
             uniform = np.zeros(case.hu.shape, np.float32)

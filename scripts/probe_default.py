@@ -18,7 +18,7 @@ from ichrt.runtime.session import default_model_path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=str(default_model_path()))
+    ap.add_argument("model", nargs="?", default=str(default_model_path(fp32=True)))
     ap.add_argument("--realtrain", type=Path, default=Path("../shared/realtrain"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

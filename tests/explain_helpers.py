@@ -25,8 +25,8 @@ def export_twin(folder: Path, arch: str = "resnet18", size: int = 96, seed: int 
     """
     import torch
 
-    from ichrt.export.models import build_model
     from ichrt.export.onnx_export import export_onnx
+    from ichrt.nets import build_model
 
     torch.manual_seed(seed)
     net = build_model(arch, 6).eval()

@@ -95,3 +95,12 @@ def test_bad_data_folder_is_a_usage_error(tiny_model, tmp_path):
     result = run("evaluate", path, "--data", tmp_path)
     assert result.exit_code == 2
     assert "labels CSV" in result.output
+
+
+def test_quantize_without_calibration_files_is_a_usage_error(tiny_model, heldout_dir, tmp_path):
+    path, _ = tiny_model
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("calibrate", "quantize", path, "--data", empty, "--holdout", heldout_dir,
+                 "--out", tmp_path / "q.onnx")
+    assert result.exit_code == 2 and "no files to calibrate with" in result.output

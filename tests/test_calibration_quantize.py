@@ -113,3 +113,44 @@ def test_choose_prefers_saturation_safe_then_fast():
     assert picked.spec.method == "minmax"
     assert choose([cand("u8s8-rr", 1.0, dp=0.25), cand("u8u8", 3.0, dp=0.01)]).spec.fmt == \
         "u8s8-rr"
+
+
+def test_quantize_model_from_folders_reports_rejected_files_and_stages(
+        tiny_model, labelled_dir, heldout_dir, tmp_path):
+    """The library call behind ``ichrt calibrate quantize``: any DICOM folder calibrates."""
+    import contextlib
+    import shutil
+
+    from ichrt.calibration.quantize import quantize_model
+
+    path, _ = tiny_model
+    data = tmp_path / "dicoms"
+    data.mkdir()
+    for f in sorted((labelled_dir / "stage_2_train").glob("*.dcm"))[:12]:
+        shutil.copy(f, data / f.name)
+    (data / "junk.dcm").write_bytes(b"not a DICOM file")
+    stages, notes = [], []
+
+    @contextlib.contextmanager
+    def bar(description):
+        stages.append(description)
+        yield lambda done, total: None
+
+    out = tmp_path / "int8.onnx"
+    report = quantize_model(path, data, out, holdout_dir=heldout_dir, note=notes.append, bar=bar)
+    assert stages == ["calibration slices", "held-out slices"]
+    assert report.calibration["slices"] == 12 and report.files_rejected == 1
+    assert report.calibration["rejected"][0]["path"].endswith("junk.dcm")
+    assert report.chosen == "minmax/u8s8-rr" and out.is_file()
+    assert any("12 slices (1 files rejected)" in n for n in notes)
+
+
+def test_quantize_model_without_files_is_a_dataset_error(tiny_model, heldout_dir, tmp_path):
+    from ichrt.calibration.dataset import DatasetError
+    from ichrt.calibration.quantize import quantize_model
+
+    path, _ = tiny_model
+    with pytest.raises(DatasetError, match="no files to calibrate with"):
+        quantize_model(path, tmp_path, tmp_path / "q.onnx", holdout_dir=heldout_dir)
+    with pytest.raises(DatasetError):  # no holdout: the data folder must be labelled
+        quantize_model(path, tmp_path, tmp_path / "q.onnx")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ichrt.calibration.metrics import ece, roc_auc
+from ichrt.calibration.metrics import ece
 from ichrt.calibration.temperature import (
     T_BOUNDS,
     calibrated_probs,
@@ -14,6 +14,7 @@ from ichrt.calibration.temperature import (
     nll,
     sigmoid,
 )
+from ichrt.runtime.metrics import roc_auc
 
 
 def miscalibrated(n: int = 20000, factor: float = 3.0, seed: int = 0):

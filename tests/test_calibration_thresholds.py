@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ichrt.calibration.metrics import sensitivity_specificity
 from ichrt.calibration.thresholds import (
     choose_thresholds,
     operating_point,
     study_level,
     threshold_for_sensitivity,
 )
+from ichrt.runtime.metrics import sensitivity_specificity
 
 
 def constructed(seed: int = 0, studies: int = 60, per_study: int = 10):

@@ -7,8 +7,8 @@ import pytest
 from export_helpers import write_imagefolder
 
 from ichrt.export.datasets import (
-    DatasetError,
     DataSpec,
+    TrainingDataError,
     gray8_to_hu,
     iter_spec,
     load_imagefolder,
@@ -70,7 +70,7 @@ def test_custom_classes_and_source_name(tmp_path):
 
 def test_missing_class_folder_is_named(tmp_path):
     (tmp_path / "hemorrhage").mkdir()
-    with pytest.raises(DatasetError, match="no_hemorrhage"):
+    with pytest.raises(TrainingDataError, match="no_hemorrhage"):
         load_imagefolder(tmp_path)
 
 
@@ -78,5 +78,5 @@ def test_data_spec_parsing():
     assert DataSpec.parse("imagefolder:/d/x") == DataSpec(path="/d/x", format="imagefolder")
     assert DataSpec.parse("/d/x", "rsna") == DataSpec(path="/d/x", format="rsna")
     assert DataSpec.parse("weird:name", "rsna").path == "weird:name"
-    with pytest.raises(DatasetError, match="not found"):
+    with pytest.raises(TrainingDataError, match="not found"):
         list(iter_spec(DataSpec(path="/nonexistent/folder")))

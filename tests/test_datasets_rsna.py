@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from export_helpers import write_phantoms
 
-from ichrt.export.datasets import DatasetError, load_imagefolder, load_rsna
+from ichrt.export.datasets import TrainingDataError, load_imagefolder, load_rsna
 from ichrt.runtime import rsna_layout
 from ichrt.runtime.dicom import read_slice
 
@@ -73,7 +73,7 @@ def test_kaggle_layout_without_masks_studies_or_unreadable_files(phantoms, tmp_p
 
 
 def test_missing_layout_is_named(tmp_path):
-    with pytest.raises(DatasetError, match="labels CSV"):
+    with pytest.raises(TrainingDataError, match="labels CSV"):
         load_rsna(tmp_path)
 
 

@@ -210,7 +210,7 @@ def test_gradcam_refuses_a_twin_of_other_weights(twin, tmp_path):
 def test_gradcam_refuses_torch_weights_that_disagree_with_onnx(twin):
     import torch
 
-    from ichrt.export.models import build_model
+    from ichrt.nets import build_model
     from ichrt.runtime.explain.base import ExplainError
     from ichrt.runtime.explain.gradcam import GradCamExplainer
     from ichrt.runtime.session import load_model
@@ -226,12 +226,12 @@ def test_gradcam_refuses_torch_weights_that_disagree_with_onnx(twin):
 def test_gradcam_without_the_extra_names_it(tiny_model, monkeypatch):
     import sys
 
-    from ichrt.runtime.explain.base import ExtraMissing
+    from ichrt.runtime.explain.base import ExplainExtraMissing
     from ichrt.runtime.explain.batch import make_explainer
     from ichrt.runtime.session import load_model
 
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # import now raises ImportError
     model = load_model(tiny_model[0], provider="cpu", threads=1)
     for method in ("gradcam", "gradcampp"):
-        with pytest.raises(ExtraMissing, match=r"'explain' extra.*ichrt\[explain\]"):
+        with pytest.raises(ExplainExtraMissing, match=r"'explain' extra.*ichrt\[explain\]"):
             make_explainer(method, model)

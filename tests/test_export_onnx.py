@@ -14,11 +14,11 @@ from export_helpers import write_imagefolder
 
 from ichrt.export import train as training
 from ichrt.export.datasets import DataSpec
-from ichrt.export.onnx_export import ExportError, load_torch_twin
 from ichrt.runtime.cli import main
 from ichrt.runtime.contract import LABELS, ContractError
 from ichrt.runtime.session import load_model
 from ichrt.runtime.synth import generate_study
+from ichrt.runtime.torchtwin import TwinError, load_torch_twin
 from ichrt.runtime.windowing import window_batch
 
 pytestmark = pytest.mark.torch
@@ -108,7 +108,7 @@ def test_torch_twin_is_tied_to_its_onnx_graph(exported, tmp_path):
     weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
     other = tmp_path / "other.onnx"
     onnx.save(proto, str(other))
-    with pytest.raises(ExportError, match="SHA-256 differs"):
+    with pytest.raises(TwinError, match="SHA-256 differs"):
         load_torch_twin(path.with_suffix(".pt"), other)
 
 

@@ -20,7 +20,7 @@ from hardening_helpers import (
     with_rescale,
 )
 
-from ichrt.runtime import pipeline
+from ichrt.runtime import batches, pipeline
 from ichrt.runtime.dicom import IngestLimits, read_or_reject, read_slice
 from ichrt.runtime.hounsfield import HUParams, ImplausibleHU, stored_to_hu
 from ichrt.runtime.scorer import Scorer
@@ -96,7 +96,7 @@ def test_rle_segments_longer_than_the_image_are_rejected_not_a_crash(tmp_path, s
 
 
 def test_a_codec_panic_becomes_a_rejection(tmp_path, monkeypatch):
-    from ichrt.runtime import dicom
+    from ichrt.runtime import dicom, dicomparse
 
     class PanicException(BaseException):  # what pyo3 raises for a Rust panic
         pass
@@ -104,7 +104,8 @@ def test_a_codec_panic_becomes_a_rejection(tmp_path, monkeypatch):
     def panic(*args, **kwargs):
         raise PanicException("index out of bounds")
 
-    monkeypatch.setattr(dicom, "pixel_array", panic)
+    monkeypatch.setattr(dicomparse, "pixel_array", panic)
+    monkeypatch.setattr(dicom, "scan_header", lambda data: None)  # decode through pydicom
     result = read_or_reject(valid_slice(tmp_path / "p.dcm"))
     assert isinstance(result, Rejected) and "the decoder failed (PanicException" in result.reason
 
@@ -155,7 +156,7 @@ def test_large_images_make_small_batches(tiny_model, tmp_path, monkeypatch):
         return original(model, tensor, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "infer_batch", counting)
-    monkeypatch.setattr(pipeline, "BATCH_PIXELS", 3 * 64 * 64)
+    monkeypatch.setattr(batches, "BATCH_PIXELS", 3 * 64 * 64)
     result = Scorer(tiny_model[0], provider="cpu", batch_size=16).score([tmp_path])
     assert len(result.slices) == 7 and calls == [3, 3, 1]
 

@@ -20,8 +20,9 @@ from ichrt.export.insertion import (
     insert_lesion,
     intracranial,
 )
-from ichrt.export.models import build_model, cam_parameters, topk_pool
+from ichrt.export.models import cam_parameters
 from ichrt.export.torchdata import BOXES, MASK, NO_REGION
+from ichrt.nets import build_model, topk_pool
 from ichrt.runtime.cli import main
 from ichrt.runtime.scorer import Scorer
 from ichrt.runtime.session import load_model
@@ -167,7 +168,7 @@ def dense_export(tmp_path_factory):
 def test_dense_export_has_the_lesion_output_and_parity(dense_export):
     import onnx
 
-    from ichrt.export.onnx_export import load_torch_twin
+    from ichrt.runtime.torchtwin import load_torch_twin
 
     path, _ = dense_export
     assert [o.name for o in onnx.load(str(path)).graph.output] == [

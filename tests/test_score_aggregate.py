@@ -11,7 +11,7 @@ from ichrt.runtime.aggregate import (
     SliceScore,
     aggregate_studies,
     arrival_of,
-    calibrate,
+    calibrated_probabilities,
     parse_dicom_datetime,
 )
 from ichrt.runtime.contract import LABELS, ModelContract
@@ -61,7 +61,7 @@ def test_studies_grouped_and_in_arrival_order() -> None:
 def test_calibrate_applies_per_label_temperature() -> None:
     contract = ModelContract(temperatures={"any": 2.0, "subdural": 0.5})
     logits = np.array([[2.0, -1.0, 0.0, 3.0, -50.0, 1.0], [800.0, -800.0, 0, 0, 0, -2.0]])
-    probs = calibrate(logits, contract)
+    probs = calibrated_probabilities(logits, contract)
     sig = lambda z: 1 / (1 + np.exp(-z))
     temps = np.array([2.0, 1, 1, 1, 1, 0.5])
     assert probs.dtype == np.float32

@@ -181,12 +181,15 @@ def test_a_copied_file_is_rejected_as_duplicate(tiny_model, tmp_path: Path) -> N
     assert rej.path.endswith("copy.dcm") and "duplicate SOPInstanceUID" in rej.reason
 
 
-def test_explanation_of_a_vanished_file_is_an_error_entry(tiny_model, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["cam", "hshap"])  # maps kept in scoring / made on re-read
+def test_explanation_of_a_vanished_file_is_an_error_entry(tiny_model, tmp_path: Path,
+                                                          method: str) -> None:
     files = write_study(tmp_path / "in", StudySpec("8.2", (HOT, HOT)), "s")
-    result = Scorer(tiny_model[0], provider="cpu").score([tmp_path / "in"])
+    scorer = Scorer(tiny_model[0], provider="cpu", explain=method)
+    result = scorer.score([tmp_path / "in"])
     assert len(result.flagged) == 1
     files[0].unlink()
-    doc = write_result(result, tmp_path / "out")
+    doc = write_result(result, tmp_path / "out", explainer=scorer.explainer)
     errors = [e for e in doc["explanations"] if "error" in e]
     assert len(doc["explanations"]) == 2 and len(errors) == 1
     assert errors[0]["sop_instance_uid"] == result.slices[0].identity.sop_uid
@@ -204,3 +207,27 @@ def test_binary_any_only_model(tmp_path: Path, studies: Path) -> None:
     doc = write_result(result, tmp_path / "out")
     assert set(doc["studies"][0]) >= {"p_any", "flagged"}
     assert not any(k.startswith("p_sub") for k in doc["studies"][0])
+
+
+def test_concurrent_runs_give_the_same_results_in_input_order(tiny_model, studies: Path) -> None:
+    """Scoring's CPU layout (one single-threaded run per core at once) changes no result."""
+    one = Scorer(load_model(tiny_model[0], provider="cpu", threads=1), batch_size=2).score(
+        [studies])
+    model = load_model(tiny_model[0], provider="cpu", threads=1, streams=3)
+    assert model.streams == 3
+    many = Scorer(model, batch_size=2).score([studies])
+    assert [s.identity.path for s in many.slices] == [s.identity.path for s in one.slices]
+    np.testing.assert_allclose(np.stack([s.probs for s in many.slices]),
+                               np.stack([s.probs for s in one.slices]), atol=1e-6)
+
+
+def test_run_layout_on_a_cpu() -> None:
+    from ichrt.runtime.session import physical_cores, run_layout
+
+    cpu = ["CPUExecutionProvider"]
+    assert run_layout(cpu, None, "auto") == (1, physical_cores())
+    assert run_layout(cpu, 3, "auto") == (3, 1)  # threads given: one run at a time
+    assert run_layout(["CUDAExecutionProvider", *cpu], None, "auto") == (None, 1)
+    assert run_layout(cpu, None, 2) == (None, 2)
+    assert Scorer(explain="none", provider="cpu").model.streams == physical_cores()
+    assert Scorer(explain="none", provider="cpu", threads=2).model.streams == 1

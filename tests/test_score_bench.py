@@ -9,8 +9,7 @@ from click.testing import CliRunner
 from score_helpers import StudySpec, write_study
 from tinymodel import make_tiny_model
 
-from ichrt.runtime.cli import main
-from ichrt.runtime.commands.bench import (
+from ichrt.runtime.benchmark import (
     cli_run,
     end_to_end,
     explain_timings,
@@ -18,6 +17,7 @@ from ichrt.runtime.commands.bench import (
     latency_ms_per_slice,
     seed_baseline,
 )
+from ichrt.runtime.cli import main
 from ichrt.runtime.session import load_model
 
 

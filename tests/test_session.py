@@ -15,6 +15,7 @@ from ichrt.runtime.contract import METADATA_KEY, ContractError, ModelContract
 from ichrt.runtime.session import (
     ModelError,
     ProviderUnavailable,
+    default_model_for,
     default_model_path,
     load_model,
     physical_cores,
@@ -88,13 +89,53 @@ def test_not_an_onnx_file_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_default_model_path_missing_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(session_mod, "DEFAULT_MODEL", tmp_path / "models" / "default.onnx")
-    with pytest.raises(ModelError, match="default model is missing"):
+    int8, fp32 = tmp_path / "models" / "default-int8.onnx", tmp_path / "models" / "default.onnx"
+    monkeypatch.setattr(session_mod, "DEFAULT_MODEL", int8)
+    monkeypatch.setattr(session_mod, "DEFAULT_FP32_MODEL", fp32)
+    with pytest.raises(ModelError, match="default model is missing.*default-int8"):
         default_model_path()
+    with pytest.raises(ModelError, match=r"default model is missing.*default\.onnx"):
+        default_model_path(fp32=True)
     (tmp_path / "models").mkdir()
-    contract = make_tiny_model(tmp_path / "models" / "default.onnx")
-    assert default_model_path() == tmp_path / "models" / "default.onnx"
+    contract = make_tiny_model(int8)
+    fp32_contract = make_tiny_model(fp32, seed=1)
+    assert default_model_path() == int8
+    assert default_model_path(fp32=True) == fp32
     assert load_model(provider="cpu").contract == contract
+    assert load_model(default_model_path(fp32=True), provider="cpu").contract == fp32_contract
+
+
+def test_the_int8_twin_scores_by_default_and_gradients_get_fp32(monkeypatch, tmp_path) -> None:
+    from ichrt.runtime.scorer import Scorer
+
+    int8, fp32 = tmp_path / "default-int8.onnx", tmp_path / "default.onnx"
+    make_tiny_model(int8)
+    make_tiny_model(fp32, seed=1)
+    monkeypatch.setattr(session_mod, "DEFAULT_MODEL", int8)
+    monkeypatch.setattr(session_mod, "DEFAULT_FP32_MODEL", fp32)
+    for method in (None, "auto", "lesion", "cam", "hshap", "none"):
+        assert default_model_for(method) == int8
+    for method in ("gradcam", "gradcampp"):
+        assert default_model_for(method) == fp32
+    assert Scorer(explain="none", provider="cpu", threads=1).model.path == int8
+    assert Scorer(fp32, explain="none", provider="cpu", threads=1).model.path == fp32
+
+
+def test_shipped_scoring_default_is_the_int8_twin_of_the_fp32_model() -> None:
+    """default-int8.onnx scores (docs/eval/int8-gate.json); default.onnx + default.pt stay for
+    Grad-CAM; the INT8 contract names the FP32 file as its quantization parent."""
+    assert session_mod.DEFAULT_MODEL.name == "default-int8.onnx"
+    assert session_mod.DEFAULT_FP32_MODEL.name == "default.onnx"
+    if not (session_mod.DEFAULT_MODEL.is_file() and session_mod.DEFAULT_FP32_MODEL.is_file()):
+        pytest.skip("shipped models not installed")
+    assert session_mod.DEFAULT_FP32_MODEL.with_suffix(".pt").is_file()
+    int8 = load_model(provider="cpu", threads=1)
+    fp32_sha = hashlib.sha256(session_mod.DEFAULT_FP32_MODEL.read_bytes()).hexdigest()
+    assert int8.path == session_mod.DEFAULT_MODEL
+    # default.onnx -> quantize -> calibrate threshold (INT8's own operating point)
+    provenance = int8.contract.provenance
+    assert provenance["step"].startswith("ichrt calibrate threshold")
+    assert provenance["parent_provenance"]["parent"] == fp32_sha
 
 
 def test_provider_resolution() -> None:

@@ -89,8 +89,8 @@ def test_store_packs_compactly_and_keeps_regions():
 
 
 def test_cam_share_loss_rewards_cam_energy_inside_the_region():
-    from ichrt.export.models import build_model
     from ichrt.export.train import cam_share_loss
+    from ichrt.nets import build_model
 
     model = build_model("resnet18", 6)
     with torch.no_grad():

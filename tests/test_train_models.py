@@ -7,13 +7,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from ichrt.export.models import (
-    ARCHS,
-    build_model,
-    cam_maps,
-    cam_parameters,
-    load_weights,
-)
+from ichrt.export.models import cam_parameters, load_weights, torch_cam_maps
+from ichrt.nets import ARCHS, build_model
 
 pytestmark = pytest.mark.torch
 
@@ -33,7 +28,7 @@ def test_every_arch_exposes_features_and_head(arch, channels):
         w, b = (torch.from_numpy(a) for a in cam_parameters(model))
         # CAM weights reproduce the logits from the pooled features (GAP + linear head)
         assert torch.allclose(feats.mean(dim=(2, 3)) @ w.T + b, logits, atol=1e-4)
-        assert torch.allclose(cam_maps(model, feats).mean(dim=(2, 3)) + b, logits, atol=1e-4)
+        assert torch.allclose(torch_cam_maps(model, feats).mean(dim=(2, 3)) + b, logits, atol=1e-4)
     assert set(ARCHS) >= {arch}
 
 

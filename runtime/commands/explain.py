@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from ichrt.runtime.cli import EXIT_ERROR, EXIT_OK, EXIT_REJECTED
 from ichrt.runtime.contract import ContractError
 from ichrt.runtime.explain.base import METHODS, ExplainError
 from ichrt.runtime.explain.hshap import BACKGROUNDS
 from ichrt.runtime.session import PROVIDERS, ModelError, ProviderUnavailable
-from ichrt.runtime.slices import Rejected, Slice
+from ichrt.runtime.slices import Rejected
 
 EPILOG = """\b
 Outputs in --out, per explained slice (named after its SOPInstanceUID, sanitized):
@@ -49,7 +48,8 @@ Exit codes:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (created if needed).")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="ONNX model with an ichrt contract [default: the shipped model].")
+              help="ONNX model with an ichrt contract "
+                   "[default: the shipped INT8 model; the FP32 one for gradcam/gradcampp].")
 @click.option("--all-slices", is_flag=True,
               help="Explain every slice, not only those whose p(label) reaches the threshold.")
 @click.option("--label", default="any", show_default=True,
@@ -85,10 +85,11 @@ def explain(
     slices cost one inference each; progress goes to stderr.
     """
     from ichrt.runtime.dicom import iter_files
-    from ichrt.runtime.session import load_model
+    from ichrt.runtime.session import default_model_for, load_model
 
     try:
-        loaded = load_model(model, provider=provider, threads=threads)
+        loaded = load_model(model if model is not None else default_model_for(method),
+                            provider=provider, threads=threads)
     except ProviderUnavailable as exc:
         raise click.UsageError(str(exc)) from exc
     except (ModelError, ContractError) as exc:
@@ -111,7 +112,7 @@ def explain(
     click.echo(f"model: {loaded.display_name}; method {method}; explaining "
                f"{'every slice' if all_slices else f'p({label}) >= {cut:.3f}'}", err=True)
     try:
-        summaries, rejected = _explain_files(
+        summaries, rejected = _explain_with_bar(
             files, loaded, explainer, out_dir, label, None if all_slices else cut, batch_size)
     except ExplainError as exc:
         click.echo(f"ichrt explain: {exc}", err=True)
@@ -144,59 +145,19 @@ def _make(method: str, model, min_size: int | None, relevance: float, background
                           background=background, radii=radii, angles=angles)
 
 
-def _explain_files(
+def _explain_with_bar(
     files: list[Path], model, explainer, out_dir: Path, label: str, cut: float | None,
     batch_size: int,
 ) -> tuple[list[dict[str, Any]], list[Rejected]]:
-    """Read, score and explain ``files`` batch by batch; (summaries, rejected inputs)."""
+    """:func:`~ichrt.runtime.explain.files.explain_files` with a progress bar on stderr."""
     from tqdm import tqdm
 
-    from ichrt.runtime.dicom import iter_read
+    from ichrt.runtime.explain.files import explain_files
 
-    summaries: list[dict[str, Any]] = []
-    rejected: list[Rejected] = []
-    batch: list[Slice] = []
     with tqdm(total=len(files), unit="file", desc="explaining", file=sys.stderr,
               disable=None) as bar:
-        for item in iter_read(files):
-            if isinstance(item, Rejected):
-                rejected.append(item)
-            else:
-                batch.append(item)
-            if len(batch) >= batch_size:
-                summaries += _explain_batch(batch, model, explainer, out_dir, label, cut)
-                batch = []
-            bar.update(1)
-        if batch:
-            summaries += _explain_batch(batch, model, explainer, out_dir, label, cut)
-    return summaries, rejected
-
-
-def _explain_batch(batch: list[Slice], model, explainer, out_dir: Path, label: str,
-                   cut: float | None) -> list[dict[str, Any]]:
-    """Score one batch, explain its slices at the threshold (all with ``cut=None``), write them."""
-    from ichrt.runtime.aggregate import calibrate
-    from ichrt.runtime.explain.batch import explain_slices
-    from ichrt.runtime.explain.output import write_explanation
-    from ichrt.runtime.pipeline import window_slices
-
-    tensors, boxes = window_slices(batch, model.contract)
-    names = ("probs", "logits", "features") + (
-        ("lesion",) if model.contract.lesion_stride is not None else ())
-    outputs = model.run(tensors, names)
-    probs = calibrate(outputs["logits"], model.contract)[:, model.contract.labels.index(label)]
-    keep = np.arange(len(batch)) if cut is None else np.flatnonzero(probs >= cut)
-    found = explain_slices(explainer, tensors[keep], boxes[keep],
-                           [batch[i].hu.shape for i in keep],
-                           {k: v[keep] for k, v in outputs.items()}, label)
-    summaries = []
-    for i, item in zip(keep, found):
-        ident = batch[i].identity
-        extra = {"sop_instance_uid": ident.sop_uid, "label": label,
-                 "probability": float(probs[i]), "seconds": item.seconds}
-        summaries.append(write_explanation(out_dir, ident.sop_uid, batch[i].hu, item.heatmap,
-                                           item.method, extra=extra))
-    return summaries
+        return explain_files(files, model, explainer, out_dir, label, cut, batch_size,
+                             progress=lambda done, _: bar.update(done - bar.n))
 
 
 def _print_table(summaries: list[dict[str, Any]], n_inputs: int, rejected: list[Rejected],

@@ -84,7 +84,8 @@ def _pins(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="Output folder (created if needed). Required unless --demo.")
 @click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               callback=_model_file,
-              help="ONNX model with an ichrt contract [default: the shipped model].")
+              help="ONNX model with an ichrt contract [default: the shipped INT8 model; "
+                   "the FP32 one for --explain gradcam/gradcampp].")
 @click.option("--require-sha256", "pins", metavar="SHA256[,SHA256...]", envvar=PIN_ENV,
               callback=_pins,
               help=f"Run only a model file with this SHA-256 (the model the site validated); "
@@ -95,7 +96,8 @@ def _pins(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help="ONNX Runtime execution provider; auto = TensorRT, CUDA, then CPU, "
                    "whichever is installed (GPU ones need the 'gpu' extra).")
 @click.option("--threads", type=click.IntRange(1, 1024),
-              help="ONNX Runtime intra-op threads [default: physical cores].")
+              help="ONNX Runtime intra-op threads [default on a CPU: 1 per run, one run per "
+              "physical core at once; else physical cores]. Given, one run at a time.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), callback=_finite_threshold,
               help="p(any) at which a study is flagged [default: the model's calibrated one].")
 @click.option("--json", "as_json", is_flag=True,

@@ -11,6 +11,7 @@ import click
 from tqdm import tqdm
 
 from ichrt.runtime.cli import EXIT_OK
+from ichrt.runtime.extras import ExtraNotInstalled
 from ichrt.runtime.synth import PRESETS, write_dataset
 
 EPILOG = """\b
@@ -84,10 +85,8 @@ def synth(ctx: click.Context, out_dir: Path, studies: int, seed: int, slices: tu
                                     progress=advance, overwrite=overwrite)
         except FileExistsError as exc:
             raise click.UsageError(str(exc)) from None
-        except RuntimeError as exc:
-            if "extra" in str(exc):
-                raise click.UsageError(str(exc)) from None
-            raise
+        except ExtraNotInstalled as exc:
+            raise click.UsageError(str(exc)) from None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -12,6 +12,8 @@ One interface, one small module per method (the pytorch-grad-cam pattern):
   beside the ONNX file (``model.pt``, tied by the ONNX sha256); torch is imported only there.
 * :mod:`.hshap` - h-Shap over ONNX Runtime (exact hierarchical Shapley values, cycle spinning).
 * :mod:`.metrics` - pointing game, energy share, Otsu IoU; boxes -> mask.
+* :mod:`.files` - ``explain_files(files, model, explainer, out_dir, ...)``: DICOM files through
+  :func:`ichrt.runtime.batches.iter_batches` to written explanations (``ichrt explain``).
 * :mod:`.overlay` / :mod:`.output` - PNG overlay and ``write_explanation(out_dir, name, hu,
   heatmap, method, boxes=None, mask=None, extra=None, frame=None) -> summary dict``.
 
@@ -23,7 +25,7 @@ The shared path of ``ichrt explain`` and ``ichrt score --explain`` (:mod:`.batch
         write_explanation(out, name, hu, item.heatmap, item.method,
                           extra={"seconds": item.seconds})
 
-``tensors``/``boxes`` are what :func:`ichrt.runtime.pipeline.window_slices` returns; ``outputs``
+``tensors``/``boxes`` are what :func:`ichrt.runtime.batches.window_hu` returns; ``outputs``
 the model outputs already computed for them (CAM then costs one small einsum).  A CAM kept during
 scoring at feature resolution can go straight to ``write_explanation(..., frame=box)``.
 
@@ -34,7 +36,7 @@ from ichrt.runtime.explain.base import (
     METHODS,
     Explainer,
     ExplainError,
-    ExtraMissing,
+    ExplainExtraMissing,
     normalize,
     otsu_threshold,
     peak_location,
@@ -48,8 +50,8 @@ __all__ = [
     "METHODS",
     "CamUnavailable",
     "ExplainError",
+    "ExplainExtraMissing",
     "Explainer",
-    "ExtraMissing",
     "SliceExplanation",
     "cam_maps",
     "explain_slices",

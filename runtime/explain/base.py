@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from ichrt.runtime.extras import ExtraNotInstalled
+
 #: The method names accepted by ``ichrt explain --method`` and ``ichrt score --explain``.
 METHODS: tuple[str, ...] = ("lesion", "cam", "gradcam", "gradcampp", "hshap")
 
@@ -27,7 +29,7 @@ class ExplainError(RuntimeError):
     """A method cannot explain this model here (no CAM head, missing extra, unmatched weights)."""
 
 
-class ExtraMissing(ExplainError):
+class ExplainExtraMissing(ExplainError, ExtraNotInstalled):
     """An optional dependency (an install extra) that the asked-for method needs is missing."""
 
 

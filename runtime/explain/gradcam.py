@@ -1,10 +1,10 @@
 """Grad-CAM and Grad-CAM++ on demand, with PyTorch and pytorch-grad-cam (the ``explain`` extra).
 
-torch is imported only here, only when one of these methods is asked for; without the extra a
-:class:`~ichrt.runtime.explain.base.ExtraMissing` error names it.
+torch is imported only here, only when one of these methods is asked for; without the extra an
+:class:`~ichrt.runtime.explain.base.ExplainExtraMissing` error names it.
 
 Weights: the torch twin that ``ichrt export`` writes beside the ONNX file (``model.onnx`` ->
-``model.pt``, read by :func:`ichrt.export.onnx_export.load_torch_twin`), which records the SHA-256
+``model.pt``, read by :func:`ichrt.runtime.torchtwin.load_torch_twin`), which records the SHA-256
 of the ONNX graph it was exported with (metadata left out, so a calibrated copy keeps its twin).
 The twin is refused unless that hash is the model graph's,
 and the torch logits must match the ONNX Runtime logits on the very slices explained.  Chosen
@@ -25,46 +25,39 @@ label", which is the raw logit.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ichrt.runtime.explain.base import Explainer, ExplainError, ExtraMissing, label_index
+from ichrt.runtime.explain.base import Explainer, ExplainError, ExplainExtraMissing, label_index
+from ichrt.runtime.extras import needs_extra
+from ichrt.runtime.torchtwin import TwinError, load_torch_twin, twin_path
 
 #: Relative/absolute tolerance between torch and ONNX Runtime logits for the same weights.
 PARITY_TOL = 1e-3
 
 
 def require_extra() -> tuple[Any, Any]:
-    """(torch, pytorch_grad_cam), or :class:`ExtraMissing` naming the ``explain`` extra."""
+    """(torch, pytorch_grad_cam), or :class:`ExplainExtraMissing` naming the ``explain`` extra."""
     try:
         import pytorch_grad_cam
         import torch
+        import torchvision  # noqa: F401  (the twin's bodies are torchvision networks)
     except ImportError as exc:
-        raise ExtraMissing(
-            f"Grad-CAM needs the 'explain' extra (torch, torchvision, grad-cam): "
-            f"pip install 'ichrt[explain]' ({exc})"
-        ) from exc
+        raise ExplainExtraMissing(needs_extra(
+            "Grad-CAM", "explain", f"torch, torchvision, grad-cam; {exc}")) from exc
     return torch, pytorch_grad_cam
 
 
-def checkpoint_path(onnx_path: str | Path) -> Path:
-    """Where export writes the torch checkpoint of ``onnx_path``: same name, ``.pt`` suffix."""
-    return Path(onnx_path).with_suffix(".pt")
-
-
-def load_checkpoint(model) -> Any:
+def load_model_twin(model) -> Any:
     """The torch module (eval mode) behind ``model`` (a LoadedModel), tied to it by SHA-256.
 
     Raises:
-        ExplainError: no checkpoint beside the model, not an ichrt torch twin, or a twin
-            written for another ONNX file.
+        ExplainError: no twin beside the model, not an ichrt torch twin, or a twin written for
+            another ONNX file (:class:`ExplainExtraMissing` without the ``explain`` extra).
     """
     require_extra()
-    from ichrt.export.onnx_export import ExportError, load_torch_twin
-
-    path = checkpoint_path(model.path)
+    path = twin_path(model.path)
     if not path.is_file():
         raise ExplainError(
             f"{path}: no torch checkpoint beside {model.path.name}; Grad-CAM needs the one "
@@ -72,7 +65,7 @@ def load_checkpoint(model) -> Any:
         )
     try:
         net, _ = load_torch_twin(path, model.path)
-    except ExportError as exc:
+    except TwinError as exc:
         raise ExplainError(f"{exc}; refusing to explain one model with another's weights") from exc
     except Exception as exc:
         raise ExplainError(f"{path}: not a readable torch checkpoint: {exc}") from exc
@@ -93,7 +86,7 @@ class GradCamExplainer(Explainer):
         self._torch, cams = require_extra()
         self.name = "gradcampp" if plusplus else "gradcam"
         self.model = model
-        self.net = (net if net is not None else load_checkpoint(model)).eval()
+        self.net = (net if net is not None else load_model_twin(model)).eval()
         cls = cams.GradCAMPlusPlus if plusplus else cams.GradCAM
         target = self.net.cam_target() if hasattr(self.net, "cam_target") else self.net.body
         self.cam = cls(model=self.net, target_layers=[target])

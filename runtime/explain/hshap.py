@@ -250,7 +250,7 @@ class HShapExplainer(Explainer):
 
     def value_fn(self, label: str) -> ValueFn:
         """The game's value: the model's calibrated probability (or logit / T) of ``label``."""
-        from ichrt.runtime.aggregate import calibrate
+        from ichrt.runtime.aggregate import calibrated_probabilities
 
         contract = self.model.contract
         idx = label_index(contract.labels, label)
@@ -259,7 +259,7 @@ class HShapExplainer(Explainer):
             logits = self.model.run(batch, ("logits",))["logits"]
             if self.use_logits:
                 return logits[:, idx] / contract.temperature(label)
-            return calibrate(logits, contract)[:, idx]
+            return calibrated_probabilities(logits, contract)[:, idx]
 
         return value
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-EXTRA_HINT = "install the 'serve' extra: pip install 'ichrt[serve]'"
+from ichrt.runtime.extras import ExtraNotInstalled, needs_extra
 
 
-class ServeExtraMissing(RuntimeError):
+class ServeExtraMissing(ExtraNotInstalled):
     """pynetdicom or highdicom (the ``serve`` extra) is not installed."""
 
 
@@ -40,4 +40,5 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ServeExtraMissing(f"ichrt serve needs {module.split('.')[0]}: {EXTRA_HINT}") from exc
+        raise ServeExtraMissing(needs_extra("ichrt serve", "serve",
+                                            f"{module.split('.')[0]} is missing")) from exc

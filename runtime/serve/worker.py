@@ -60,13 +60,11 @@ class Worker:
         not slowed by start-up work."""
         import numpy as np
 
-        from ichrt.runtime.pipeline import window_slices
-        from ichrt.runtime.slices import Slice, SliceIdentity
+        from ichrt.runtime.batches import window_hu
 
         try:
             model = self.scorer.model
-            blank = Slice(SliceIdentity("", "", "", ""), np.full((64, 64), -1000.0, np.float32))
-            tensor, _ = window_slices([blank], model.contract)
+            tensor, _ = window_hu([np.full((64, 64), -1000.0, np.float32)], model.contract)
             model.run(tensor)
             _warm_result_writers()
         except Exception as exc:  # noqa: BLE001 - a warm-up problem shows again when scoring

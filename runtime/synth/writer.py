@@ -32,6 +32,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
 from ichrt.runtime.contract import LABELS
+from ichrt.runtime.extras import ExtraNotInstalled, needs_extra
 from ichrt.runtime.rsna_layout import (
     BOXES_FILE,
     IMAGES_DIR,
@@ -183,8 +184,7 @@ def _save_jpgs(study: PhantomStudy, out: Path) -> None:
     try:
         from PIL import Image
     except ImportError:
-        raise RuntimeError("--jpg needs Pillow: install the 'export' extra (pip install "
-                           "'ichrt[export]')") from None
+        raise ExtraNotInstalled(needs_extra("--jpg", "export", "Pillow is missing")) from None
     from ichrt.runtime.pictures import window_rgb8
 
     for k, image_id in enumerate(study.identity.image_ids):

@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-#: What to install for the pages.
-EXTRA_HINT = "the worklist page needs the 'ui' extra: pip install 'ichrt[ui]'"
+from ichrt.runtime.extras import ExtraNotInstalled, needs_extra
 
 
-class UIUnavailable(ImportError):
+class UIUnavailable(ExtraNotInstalled):
     """starlette / jinja2 / uvicorn are not installed (the ``ui`` extra)."""
 
 
@@ -33,4 +32,5 @@ def require_ui() -> None:
         if not found:
             missing.append(name)
     if missing:
-        raise UIUnavailable(f"{EXTRA_HINT} (missing: {', '.join(missing)})")
+        raise UIUnavailable(needs_extra("the worklist page", "ui",
+                                        f"missing: {', '.join(missing)}"))
