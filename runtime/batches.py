@@ -25,6 +25,10 @@ from ichrt.runtime.windowing import window_batch
 #: HU pixels a batch may hold before it is windowed (32 slices of 512 x 512: 32 MiB of float32),
 #: so that large images make small batches.
 BATCH_PIXELS = 32 * 512 * 512
+#: Files to a :class:`Slabs` slab, whatever the batch size: a batch never spans two slabs, so
+#: this also caps a batch (at what :data:`BATCH_PIXELS` allows 512 x 512 slices), and bounds the
+#: memory of a slab's tensor rows.
+SLAB_FILES = 32
 
 
 def window_hu(
@@ -98,7 +102,9 @@ class Slabs:
     The reader writes the file's HU into its HU slot and, right away while they are in the
     cache, windows them into its tensor row; a batch of one slab's consecutive slots is then
     a view of the slab, with nothing stacked or copied. A file of another shape than its slab's
-    first, or with an unusual pixel type, gets its own HU array. Thread-safe.
+    first, with an unusual pixel type, or so large that a slab of them would hold more than
+    :data:`BATCH_PIXELS` pixels, gets its own HU array (memory stays bounded as before). Slabs are
+    never reused, so a batch's views stay valid after the readers move on. Thread-safe.
     """
 
     def __init__(self, capacity: int, contract: ModelContract) -> None:
@@ -116,6 +122,8 @@ class Slabs:
         return lambda shape: self._hu_slot(index, shape)
 
     def _hu_slot(self, index: int, shape: tuple[int, int]) -> np.ndarray | None:
+        if self.capacity * shape[0] * shape[1] > BATCH_PIXELS:
+            return None  # a slab would outgrow a batch's pixels: the file gets its own array
         k, pos = divmod(index, self.capacity)
         with self._lock:
             slab = self._hu.get(k)
@@ -193,8 +201,8 @@ def iter_batches(
     """Model batches of ``files`` in input order; every file is in one batch's slices or
     rejections.
 
-    A batch holds at most ``batch_size`` slices and :data:`BATCH_PIXELS` HU pixels, all from
-    one :class:`Slabs` slab (a rejected file leaves its slab's batch one short); each slice is
+    A batch holds at most ``batch_size`` (and :data:`SLAB_FILES`) slices and
+    :data:`BATCH_PIXELS` HU pixels, all from one :class:`Slabs` slab (a rejected file leaves its slab's batch one short); each slice is
     windowed on its reader thread as soon as it is read (:meth:`Slabs.window`), and the HU
     pixels are released with the batch unless ``keep_hu``. ``workers``: reader threads (see
     :func:`ichrt.runtime.dicom.iter_read`); ``kernel_threads``: Numba threads each reader's
@@ -203,7 +211,7 @@ def iter_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     copies = FirstCopies()
-    slabs = Slabs(batch_size, contract)
+    slabs = Slabs(min(batch_size, SLAB_FILES), contract)
     slices: list[Slice] = []
     indices: list[int] = []
     rejected: list[Rejected] = []

@@ -176,3 +176,13 @@ def test_training_inputs_are_window_hu(tiny_model) -> None:
         np.testing.assert_array_equal(plain[i]["image"].numpy(), want)
         # the augmented path frames as window_hu does (no draw changes anything here)
         np.testing.assert_allclose(identity[(i, 7)]["image"].numpy(), want, atol=1e-5)
+
+
+def test_slabs_never_outgrow_a_batch_of_pixels(tiny_model) -> None:
+    from ichrt.runtime.batches import BATCH_PIXELS, Slabs
+
+    _, contract = tiny_model
+    small = Slabs(4, contract)
+    assert small.hu_buffer(0)((64, 64)) is not None
+    side = int((BATCH_PIXELS // 4) ** 0.5) + 1  # 4 slots of this side exceed BATCH_PIXELS
+    assert Slabs(4, contract).hu_buffer(0)((side, side)) is None

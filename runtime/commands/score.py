@@ -91,7 +91,7 @@ def _pins(ctx: click.Context, param: click.Parameter, value: str | None) -> tupl
               help=f"Run only a model file with this SHA-256 (the model the site validated); "
                    f"any other is refused [env {PIN_ENV}].")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True,
-              help="Slices per inference call.")
+              help="Slices per inference call (at most 32, fewer for images over 512 x 512).")
 @click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
               help="ONNX Runtime execution provider; auto = TensorRT, CUDA, then CPU, "
                    "whichever is installed (GPU ones need the 'gpu' extra).")
