@@ -113,7 +113,8 @@ def main(ctx: click.Context) -> None:
 
     Files -> slices (HU) -> tensors -> probabilities -> studies -> worklist.
     """
-    from ichrt.runtime.environment import passive_openmp, quiet_pydicom
+    from ichrt.runtime.environment import fewer_gc_passes, passive_openmp, quiet_pydicom
 
     passive_openmp()
+    fewer_gc_passes()
     ctx.with_resource(quiet_pydicom())

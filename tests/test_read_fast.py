@@ -234,3 +234,14 @@ def test_quiet_pydicom_applies_when_pydicom_comes_later():
         "    inside = c.settings.reading_validation_mode == c.IGNORE\n"
         "print(inside, c.settings.reading_validation_mode == c.IGNORE)\n")
     assert out == "True False"
+
+
+def test_cli_runs_with_fewer_gc_passes():
+    out = run_fresh(
+        "import gc\n"
+        "from ichrt.runtime.environment import GC_YOUNG_THRESHOLD, fewer_gc_passes\n"
+        "before = gc.get_threshold()\n"
+        "fewer_gc_passes()\n"
+        "after = gc.get_threshold()\n"
+        "print(after[0] == GC_YOUNG_THRESHOLD, after[1:] == before[1:], gc.get_freeze_count() > 0)\n")
+    assert out == "True True True"
