@@ -101,10 +101,13 @@ class Slabs:
     File ``i`` takes slot ``i % capacity`` of slab ``i // capacity`` (allocated on first use).
     The reader writes the file's HU into its HU slot and, right away while they are in the
     cache, windows them into its tensor row; a batch of one slab's consecutive slots is then
-    a view of the slab, with nothing stacked or copied. A file of another shape than its slab's
-    first, with an unusual pixel type, or so large that a slab of them would hold more than
-    :data:`BATCH_PIXELS` pixels, gets its own HU array (memory stays bounded as before). Slabs are
-    never reused, so a batch's views stay valid after the readers move on. Thread-safe.
+    a view of the slab, with nothing stacked or copied. One HU slab for many files rather than
+    a fresh array per slice measured faster even with windowing per slice (``ichrt score``
+    INT8: 1.53-1.55x the pure model time with it, 1.57-1.63x without). A file of another shape
+    than its slab's first, with an unusual pixel type, or so large that a slab of them would
+    hold more than :data:`BATCH_PIXELS` pixels, gets its own HU array (memory stays bounded as
+    before). Slabs are never reused, so a batch's views stay valid after the readers move on.
+    Thread-safe.
     """
 
     def __init__(self, capacity: int, contract: ModelContract) -> None:
