@@ -430,15 +430,15 @@ class State:
             return [dict(r) for r in rows][::-1]
 
     def results(self, study_uid: str | None = None) -> list[dict[str, Any]]:
-        with self._lock:
-            sql, args = "SELECT * FROM results", ()
-            if study_uid is not None:
-                sql, args = sql + " WHERE study_uid = ?", (study_uid,)
-            return [dict(r) for r in self._db.execute(sql + " ORDER BY id", args)]
+        return self._rows("results", study_uid)
 
     def outbox(self, study_uid: str | None = None) -> list[dict[str, Any]]:
+        return self._rows("outbox", study_uid)
+
+    def _rows(self, table: str, study_uid: str | None) -> list[dict[str, Any]]:
+        """Rows of ``table`` ("results" or "outbox"), of one study when given, oldest first."""
         with self._lock:
-            sql, args = "SELECT * FROM outbox", ()
+            sql, args = f"SELECT * FROM {table}", ()  # table: one of two fixed names
             if study_uid is not None:
                 sql, args = sql + " WHERE study_uid = ?", (study_uid,)
             return [dict(r) for r in self._db.execute(sql + " ORDER BY id", args)]
